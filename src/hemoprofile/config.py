@@ -1,0 +1,218 @@
+"""Configuration and sample sheet: validation against the JSON schemas in config/schemas/.
+
+The workflow calls these before any job starts, so a typo or a value out of range stops the run with a
+message that names the key and what is allowed. Missing keys are filled with the schema's defaults, so
+the rest of the code can rely on every key being present.
+
+We validate with jsonschema directly rather than ``snakemake.utils.validate`` because its message is
+jsonschema's raw dump; here every problem is listed on one line that names the key, and all problems
+are reported at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import yaml
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "config" / "schemas"
+
+
+class ConfigError(ValueError):
+    """A configuration or sample sheet that does not satisfy its schema."""
+
+
+def load_schema(path: str | os.PathLike) -> dict:
+    """Load a YAML/JSON schema file."""
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def _validator_filling_defaults():
+    base = jsonschema.Draft202012Validator
+    validate_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if isinstance(subschema, dict) and "default" in subschema and subschema["default"] is not None:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
+
+
+_FillingValidator = _validator_filling_defaults()
+
+
+def _key_name(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_name(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        where = f"under '{key}'" if error.absolute_path else "at the top level"
+        if allowed:
+            return f"unknown key(s) {', '.join(map(repr, unknown))} {where}; allowed: {', '.join(allowed)}"
+        return f"{where}: {error.message}"
+    if error.validator == "enum":
+        allowed = ", ".join(map(str, error.validator_value))
+        return f"key '{key}': {error.instance!r} is not allowed; allowed: {allowed}"
+    if error.validator == "propertyNames":
+        return f"key '{key}': {error.message}"
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"key '{key}': {error.instance!r} is out of range ({error.validator} {error.validator_value})"
+    if error.validator == "type":
+        return f"key '{key}': {error.instance!r} is not of type {error.validator_value}"
+    if error.validator == "required":
+        return f"key '{key}': {error.message}"
+    return f"key '{key}': {error.message}"
+
+
+def _leaf_errors(errors):
+    # Errors inside a $ref'd schema nested in additionalProperties arrive as context; report the leaves.
+    for error in errors:
+        if error.context:
+            yield from _leaf_errors(error.context)
+        else:
+            yield error
+
+
+def validate_config(config: Mapping, schema_path: str | os.PathLike | None = None) -> dict:
+    """Validate ``config`` against the config schema and return a copy with every default filled in.
+
+    Raises
+    ------
+    ConfigError listing every problem, one per line, each naming the key and what is allowed.
+
+    Example
+    -------
+    >>> validate_config({"tile": {"size": 256}})["tile"]["compression_level"]
+    5
+    """
+    schema = load_schema(schema_path or SCHEMA_DIR / "config.schema.yaml")
+    filled = copy.deepcopy(dict(config))
+    validator = _FillingValidator(schema)
+    problems = sorted({_describe(e) for e in _leaf_errors(validator.iter_errors(filled))})
+    problems += _semantic_config_problems(filled) if not problems else []
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return filled
+
+
+def _semantic_config_problems(config: dict) -> list[str]:
+    """Checks a JSON schema cannot express (relations between keys)."""
+    problems = []
+    settings = [("preprocess.default", config["preprocess"]["default"])]
+    settings += [(f"preprocess.channels.{name}", s) for name, s in config["preprocess"]["channels"].items()]
+    default_clip = config["preprocess"]["default"]["percentile_clip"]
+    for where, channel in settings:
+        clip = {**default_clip, **channel.get("percentile_clip", {})}
+        if clip["low"] >= clip["high"]:
+            problems.append(
+                f"key '{where}.percentile_clip': low ({clip['low']}) must be below high ({clip['high']})"
+            )
+    synthetic = config["synthetic"]
+    if synthetic["enabled"] and sum(c.get("patients", 0) for c in synthetic["conditions"].values()) == 0:
+        problems.append("key 'synthetic.conditions': every condition has 0 patients; the cohort would be empty")
+    return problems
+
+
+def load_config(path: str | os.PathLike, schema_path: str | os.PathLike | None = None) -> dict:
+    """Read a YAML config file and validate it (see :func:`validate_config`)."""
+    with open(path) as handle:
+        raw = yaml.safe_load(handle) or {}
+    try:
+        return validate_config(raw, schema_path)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+SAMPLE_COLUMNS_INT = ("frame_rows", "frame_cols")
+SAMPLE_COLUMNS_FLOAT = ("pixel_size_um",)
+
+
+def _row_for_schema(row: Mapping) -> dict:
+    clean = {}
+    for key, value in row.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+            continue
+        if key in SAMPLE_COLUMNS_INT:
+            number = float(value)
+            value = int(number) if number.is_integer() else number
+        elif key in SAMPLE_COLUMNS_FLOAT:
+            value = float(value)
+        else:
+            value = str(value)
+        clean[key] = value
+    return clean
+
+
+def validate_sample_sheet(
+    samples: pd.DataFrame,
+    source: str = "sample sheet",
+    schema_path: str | os.PathLike | None = None,
+    check_paths: bool = True,
+) -> pd.DataFrame:
+    """Validate a sample sheet (one row per slide) and return it indexed by slide.
+
+    Checks every row against samples.schema.yaml, that slide names are unique, that frame folders give
+    their grid, and (``check_paths``) that every path exists. Relative paths are kept as given.
+
+    Raises
+    ------
+    ConfigError naming ``source``, the row (1-based, header excluded), the column and the problem.
+    """
+    schema = load_schema(schema_path or SCHEMA_DIR / "samples.schema.yaml")
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    if samples.empty:
+        problems.append("no slides (the sheet has no rows)")
+    rows = []
+    for number, (_, row) in enumerate(samples.iterrows(), start=1):
+        clean = _row_for_schema(row.to_dict())
+        for error in validator.iter_errors(clean):
+            problems.append(f"row {number}: {_describe(error).replace('key ', 'column ', 1)}")
+        if clean.get("format") == "frames" and not ("frame_rows" in clean and "frame_cols" in clean):
+            problems.append(f"row {number} ({clean.get('slide')}): format 'frames' needs frame_rows and frame_cols")
+        if check_paths and "path" in clean and not Path(clean["path"]).exists():
+            problems.append(f"row {number} ({clean.get('slide')}): path {clean['path']!r} does not exist")
+        clean.setdefault("batch", clean.get("slide"))
+        rows.append(clean)
+    table = pd.DataFrame(rows)
+    if "slide" in table:
+        duplicated = sorted(set(table.loc[table["slide"].duplicated(), "slide"]))
+        if duplicated:
+            problems.append(f"duplicated slide name(s): {', '.join(duplicated)} (each slide must appear once)")
+    if problems:
+        raise ConfigError(f"{source}: invalid sample sheet:\n  " + "\n  ".join(problems))
+    for column in SAMPLE_COLUMNS_INT:
+        if column in table:
+            table[column] = table[column].astype("Int64")
+    return table.set_index("slide", drop=False)
+
+
+def read_sample_sheet(path: str | os.PathLike, **kwargs) -> pd.DataFrame:
+    """Read and validate a tab-separated sample sheet (see :func:`validate_sample_sheet`)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: sample sheet not found")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, comment="#", skip_blank_lines=True)
+    except Exception as err:  # pandas raises several parser errors
+        raise ConfigError(f"{path}: cannot parse as a tab-separated sample sheet ({err})") from err
+    return validate_sample_sheet(table, source=str(path), **kwargs)
+
+
+def channel_list(channels: str) -> list[str]:
+    """Split a sample sheet ``channels`` entry into names."""
+    return [name.strip() for name in str(channels).split(",") if name.strip()]

@@ -1,0 +1,70 @@
+# Configuration, sample sheet and input functions. Defines no rules.
+import sys
+
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+
+import hemoprofile
+from hemoprofile import synth
+from hemoprofile.config import ConfigError, channel_list, read_sample_sheet, validate_config, validate_sample_sheet
+
+try:
+    config = validate_config(config, os.path.join(workflow.basedir, "config/schemas/config.schema.yaml"))
+except ConfigError as err:
+    raise WorkflowError(f"configuration: {err}") from None
+
+RESULTS = config["results"]
+SYNTHETIC = config["synthetic"]["enabled"]
+SYNTHETIC_DIR = f"{RESULTS}/synthetic"
+
+try:
+    if SYNTHETIC:
+        SAMPLES = validate_sample_sheet(
+            synth.plan_cohort(config["synthetic"], SYNTHETIC_DIR),
+            source="synthetic cohort plan",
+            check_paths=False,
+        )
+    else:
+        SAMPLES = read_sample_sheet(config["samples"])
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+SLIDES = list(SAMPLES.index)
+
+
+wildcard_constraints:
+    slide="|".join(SLIDES),
+
+
+def stage_version(stage):
+    return {"stage": stage, "version": hemoprofile.STAGE_VERSIONS[stage], "package": hemoprofile.__version__}
+
+
+def sample(slide):
+    return SAMPLES.loc[slide]
+
+
+def slide_input(wildcards):
+    """The slide's source image: a frame folder or a (OME-)TIFF file."""
+    return sample(wildcards.slide)["path"]
+
+
+def slide_reader_params(wildcards):
+    """Everything the tile stage needs to read a slide (the sample sheet row and config.frames)."""
+    row = sample(wildcards.slide)
+    frames = row["format"] == "frames"
+    return {
+        "format": row["format"],
+        "channels": channel_list(row["channels"]),
+        "pixel_size_um": None if pd.isna(row.get("pixel_size_um")) else float(row["pixel_size_um"]),
+        "frame_rows": int(row["frame_rows"]) if frames else None,
+        "frame_cols": int(row["frame_cols"]) if frames else None,
+        "frame_pattern": config["frames"]["pattern"] if frames else None,
+        "frame_order": config["frames"]["order"] if frames else None,
+    }
+
+
+def all_outputs():
+    outputs = expand(f"{RESULTS}/{{slide}}/preprocessed.zarr", slide=SLIDES)
+    if SYNTHETIC:
+        outputs.append(f"{SYNTHETIC_DIR}/truth_cells.parquet")
+    return outputs

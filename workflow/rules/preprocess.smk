@@ -1,0 +1,23 @@
+# image.zarr -> preprocessed.zarr: per-channel percentile clip, normalisation, CLAHE, TV denoising.
+
+
+rule preprocess:
+    input:
+        image=f"{RESULTS}/{{slide}}/image.zarr",
+    output:
+        image=directory(f"{RESULTS}/{{slide}}/preprocessed.zarr"),
+    params:
+        preprocess=config["preprocess"],
+        seed=config["seed"],
+        version=stage_version("preprocess"),
+    log:
+        f"{RESULTS}/logs/preprocess/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/preprocess/{{slide}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/preprocess.py"

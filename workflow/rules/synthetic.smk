@@ -1,0 +1,52 @@
+# The built-in synthetic cohort: HDSCA-like slides with ground truth (active when synthetic.enabled).
+
+SYNTHETIC_SLIDE_NAME = "frames" if config["synthetic"]["output_format"] == "frames" else "slide.ome.tif"
+
+
+def synthetic_slide_output():
+    path = f"{SYNTHETIC_DIR}/{{slide}}/{SYNTHETIC_SLIDE_NAME}"
+    return directory(path) if SYNTHETIC_SLIDE_NAME == "frames" else path
+
+
+rule simulate_slide:
+    output:
+        slide=synthetic_slide_output(),
+        truth_labels=directory(f"{SYNTHETIC_DIR}/{{slide}}/truth_labels.zarr"),
+        truth_cells=f"{SYNTHETIC_DIR}/{{slide}}/truth_cells.parquet",
+    params:
+        synthetic=config["synthetic"],
+        sample=lambda wildcards: sample(wildcards.slide).to_dict(),
+        frames=config["frames"],
+        out_dir=SYNTHETIC_DIR,
+        version=stage_version("simulate"),
+    log:
+        f"{RESULTS}/logs/simulate/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/simulate/{{slide}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/simulate_slide.py"
+
+
+rule synthetic_cohort:
+    input:
+        truth_cells=expand(f"{SYNTHETIC_DIR}/{{slide}}/truth_cells.parquet", slide=SLIDES),
+    output:
+        truth_cells=f"{SYNTHETIC_DIR}/truth_cells.parquet",
+        samples=f"{SYNTHETIC_DIR}/samples.tsv",
+    params:
+        samples=SAMPLES.reset_index(drop=True).to_dict(orient="list"),
+        version=stage_version("simulate"),
+    log:
+        f"{RESULTS}/logs/simulate/cohort.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/synthetic_cohort.py"

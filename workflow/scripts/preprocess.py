@@ -1,0 +1,11 @@
+"""Snakemake adapter: preprocess one slide (hemoprofile.preprocess.preprocess_slide)."""
+from hemoprofile.preprocess import preprocess_slide
+from hemoprofile.runlog import job_progress
+
+preprocess_slide(
+    snakemake.input.image,
+    snakemake.output.image,
+    snakemake.params.preprocess,
+    seed=snakemake.params.seed,
+    progress=job_progress(snakemake.log[0], f"preprocess {snakemake.wildcards.slide}"),
+)
