@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
@@ -64,6 +65,9 @@ class SlideSource(abc.ABC):
         Pixel edge in micrometres: the sample sheet's value, else the file's OME metadata, else None.
     file_channel_names : list of str or None
         Channel names found in the file's OME metadata, kept for provenance (the sheet's names win).
+    storage : str
+        How pixels are reached (``"memmap"``, ``"chunks 512x512"``, ``"frames 48x48 of 1004x1362"``),
+        for logs and provenance.
     """
 
     path: Path
@@ -73,6 +77,7 @@ class SlideSource(abc.ABC):
     channel_names: list[str]
     pixel_size_um: float | None
     file_channel_names: list[str] | None = None
+    storage: str = ""
 
     def read_region(self, channel_index: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Return the pixels [y0, y1) x [x0, x1) of one channel as a new 2-D array of ``self.dtype``.
@@ -138,7 +143,8 @@ def open_slide_source(
     channels : sequence of str
         Channel names from the sample sheet; their number must equal the number of channels found.
     pixel_size_um : float, optional
-        Pixel edge in micrometres; overrides the file's own metadata.
+        Pixel edge in micrometres; overrides the file's own metadata. NaN (an empty sheet cell) counts
+        as not given.
     frame_rows, frame_cols : int, optional
         Frame grid size (frames only).
     frame_pattern : str
@@ -171,7 +177,9 @@ def open_slide_source(
         raise ValueError(f"{path}: channel names must be unique, got {channels}")
     if pixel_size_um is not None:
         pixel_size_um = float(pixel_size_um)
-        if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
+        if math.isnan(pixel_size_um):  # an empty sample-sheet cell read by pandas: not given
+            pixel_size_um = None
+        elif not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
             raise ValueError(f"{path}: pixel size must be a positive number of micrometres, got {pixel_size_um}")
     if fmt in ("tiff", "ome-tiff"):
         return TiffSlideSource(path, channels, pixel_size_um=pixel_size_um, fmt=fmt)
@@ -195,7 +203,7 @@ class _LRUCache:
     """Least-recently-used cache of decoded blocks, bounded by entry count and/or bytes.
 
     The newest entry is always kept even if alone it exceeds ``max_bytes``: the caller needs it now.
-    ``misses`` counts decodes, which tests use to check that each frame is decoded about once.
+    ``hits`` and ``misses`` (decodes) are kept for diagnosing cache sizing.
     """
 
     def __init__(self, max_entries: int | None = None, max_bytes: int | None = None):
@@ -270,9 +278,11 @@ class _TiffLogErrors(logging.Handler):
     def __init__(self):
         super().__init__(level=logging.ERROR)
         self.messages: list[str] = []
+        self._thread = threading.get_ident()  # another thread's damaged file is not ours
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        if record.thread == self._thread:
+            self.messages.append(record.getMessage())
 
 
 @contextlib.contextmanager
@@ -302,21 +312,21 @@ def _open_tiff(path: Path) -> tifffile.TiffFile:
     try:
         with _collect_tifffile_errors() as log:
             tf = tifffile.TiffFile(path)
-            series = tf.series  # parses all IFDs, where truncation shows up
-            if not series:
-                raise ValueError(f"{path}: TIFF holds no image")
+            series = tf.series  # parses every IFD, which is where truncation shows up
             if tf.is_ome:
                 _ = tf.ome_metadata
-        if log.messages:
-            raise ValueError(f"{path}: corrupt or truncated TIFF ({'; '.join(log.messages[:3])})")
-    except ValueError:
-        if tf is not None:
-            tf.close()
-        raise
-    except Exception as err:  # tifffile raises TiffFileError, struct.error, OSError, ... on bad input
+    except Exception as err:  # TiffFileError, struct.error, OSError, ... on bad input
         if tf is not None:
             tf.close()
         raise ValueError(f"{path}: not a readable TIFF ({type(err).__name__}: {err})") from err
+    problem = None
+    if log.messages:
+        problem = f"corrupt or truncated TIFF ({'; '.join(log.messages[:3])})"
+    elif not series:
+        problem = "TIFF holds no image"
+    if problem:
+        tf.close()
+        raise ValueError(f"{path}: {problem}")
     return tf
 
 
@@ -375,10 +385,44 @@ def _ome_channel_names(pixels: dict) -> list[str] | None:
     return [str(n) for n in names] if names and all(n is not None for n in names) else None
 
 
-class TiffSlideSource(SlideSource):
-    """A slide in one TIFF or OME-TIFF file: C x Y x X planes, one 2-D plane, or Y x X x samples.
+class _TiffPlanes:
+    """Region access to the channels of one TIFF series (or of one 2-D series per channel).
 
-    Use :func:`open_slide_source` rather than this class directly.
+    ``channel_axis`` says where the channel sits in the series' array: None (a 2-D series is one
+    channel), 0 (C x Y x X) or 2 (Y x X x samples).
+    """
+
+    def __init__(self, tf: tifffile.TiffFile, series: tifffile.TiffPageSeries, channel_axis: int | None):
+        self.channel_axis = channel_axis
+        if series.dataoffset is not None:
+            # uncompressed and contiguous: a memory map reads only the rows a region needs, whereas
+            # tifffile would hand a whole single-strip plane to zarr as one chunk
+            stored = np.dtype(series.dtype).newbyteorder(tf.byteorder)
+            self.array = np.memmap(tf.filehandle.path, dtype=stored, mode="r", offset=series.dataoffset,
+                                   shape=tuple(series.shape))
+            self.block_shape = None
+            self.storage = "memmap"
+        else:
+            self.array = zarr.open(series.aszarr(level=0), mode="r")
+            chunks = tuple(int(c) for c in self.array.chunks)
+            self.block_shape = chunks[:2] if channel_axis == 2 else chunks[-2:]
+            self.storage = f"chunks {self.block_shape[0]}x{self.block_shape[1]}"
+
+    def get(self, c: int, ys: slice, xs: slice) -> np.ndarray:
+        if self.channel_axis is None:
+            return self.array[ys, xs]
+        if self.channel_axis == 0:
+            return self.array[c, ys, xs]
+        return self.array[ys, xs, c]
+
+
+class TiffSlideSource(SlideSource):
+    """A slide in one TIFF or OME-TIFF file.
+
+    Accepted layouts: a C x Y x X stack (OME ``CYX``, pages stacked as ``QYX``/``IYX``, planar
+    ``SYX``), a single Y x X plane for a one-channel slide, Y x X x samples (``YXS``/``YXC``), and one
+    2-D series per channel (what writing planes one by one with tifffile produces). Use
+    :func:`open_slide_source` rather than this class directly.
     """
 
     def __init__(self, path: str | os.PathLike, channels: Sequence[str], *, pixel_size_um: float | None = None,
@@ -386,6 +430,7 @@ class TiffSlideSource(SlideSource):
         self.path = Path(path)
         self.fmt = fmt
         self.channel_names = list(channels)
+        self._cache = _LRUCache(max_bytes=TIFF_CHUNK_CACHE_BYTES)
         self._tf = _open_tiff(self.path)
         try:
             self._setup(pixel_size_um)
@@ -394,26 +439,38 @@ class TiffSlideSource(SlideSource):
             raise
 
     def _setup(self, pixel_size_um: float | None) -> None:
-        path, series = self.path, self._tf.series[0]
+        path, all_series = self.path, self._tf.series
+        series = all_series[0]
         axes, shape = series.axes, tuple(int(s) for s in series.shape)
-        if len(shape) == 2:
-            self._channel_axis = None
+        n_wanted = len(self.channel_names)
+        for each in all_series:  # before any memory map is made over a short file
+            _check_data_in_file(path, each)
+        # per channel: (planes, index of the channel within them)
+        if len(shape) == 2 and n_wanted > 1 and _planes_per_series(all_series, n_wanted):
+            planes = [_TiffPlanes(self._tf, s, None) for s in all_series]
+            self._channels = [(p, 0) for p in planes]
+            n_channels, height, width = len(planes), shape[0], shape[1]
+        elif len(shape) == 2:
+            self._channels = [(_TiffPlanes(self._tf, series, None), 0)]
             n_channels, height, width = 1, shape[0], shape[1]
         elif len(shape) == 3 and axes[-2:] == "YX":
-            self._channel_axis = 0  # CYX, and pages stacked as QYX / IYX / ZYX, or planar SYX
+            planes = _TiffPlanes(self._tf, series, 0)
             n_channels, height, width = shape
+            self._channels = [(planes, c) for c in range(n_channels)]
         elif len(shape) == 3 and axes[:2] == "YX":
-            self._channel_axis = 2  # samples (or channels) interleaved per pixel
+            planes = _TiffPlanes(self._tf, series, 2)
             height, width, n_channels = shape
+            self._channels = [(planes, c) for c in range(n_channels)]
         else:
             raise ValueError(
                 f"{path}: unsupported TIFF layout: axes {axes!r} with shape {shape}; expected a C x Y x X "
                 "stack, a single Y x X plane or Y x X x samples"
             )
-        if n_channels != len(self.channel_names):
+        if n_channels != n_wanted:
+            extra = f", {len(all_series)} image series" if len(all_series) > 1 else ""
             raise ValueError(
-                f"{path}: file holds {n_channels} channel(s) (axes {axes!r}, shape {shape}) but the sample "
-                f"sheet names {len(self.channel_names)}: {self.channel_names}"
+                f"{path}: file holds {n_channels} channel(s) (axes {axes!r}, shape {shape}{extra}) but the "
+                f"sample sheet names {n_wanted}: {self.channel_names}"
             )
         if height == 0 or width == 0:
             raise ValueError(f"{path}: image is empty (shape {shape})")
@@ -422,63 +479,40 @@ class TiffSlideSource(SlideSource):
         pixels = _ome_pixels(self._tf)
         self.pixel_size_um = pixel_size_um if pixel_size_um is not None else _ome_pixel_size_um(pixels)
         self.file_channel_names = _ome_channel_names(pixels)
-        _check_data_in_file(path, series)
-
-        self._memmap = None
-        self._zarr = None
-        if series.dataoffset is not None:
-            # uncompressed and contiguous: a memory map reads only the rows a region needs, whereas
-            # tifffile would hand the whole (single-strip) plane to zarr as one chunk
-            stored = np.dtype(series.dtype).newbyteorder(self._tf.byteorder)
-            self._memmap = np.memmap(self.path, dtype=stored, mode="r", offset=series.dataoffset, shape=shape)
-        else:
-            self._zarr = zarr.open(series.aszarr(level=0), mode="r")
-            chunks = tuple(int(c) for c in self._zarr.chunks)
-            yx = chunks[-2:] if self._channel_axis in (None, 0) else chunks[:2]
-            self._block_shape = (yx[0], yx[1])
-            self._cache = _LRUCache(max_bytes=TIFF_CHUNK_CACHE_BYTES)
-
-    @property
-    def storage(self) -> str:
-        """How pixels are reached: ``"memmap"`` or ``"chunks <h>x<w>"`` (for logs and provenance)."""
-        if self._memmap is not None:
-            return "memmap"
-        return f"chunks {self._block_shape[0]}x{self._block_shape[1]}"
-
-    def _index(self, c: int, ys: slice, xs: slice) -> tuple:
-        if self._channel_axis is None:
-            return (ys, xs)
-        if self._channel_axis == 0:
-            return (c, ys, xs)
-        return (ys, xs, c)
+        self.storage = self._channels[0][0].storage
 
     def _read(self, c: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        planes, index = self._channels[c]
         try:
-            if self._memmap is not None:
-                return np.array(self._memmap[self._index(c, slice(y0, y1), slice(x0, x1))], dtype=self.dtype)
-            return _assemble_region(lambda r, k: self._block(c, r, k), self._block_shape, (y0, y1, x0, x1),
-                                    self.dtype)
-        except (IndexError, ValueError):
-            raise
+            if planes.block_shape is None:
+                return np.array(planes.get(index, slice(y0, y1), slice(x0, x1)), dtype=self.dtype)
+
+            def block(grid_row: int, grid_col: int) -> np.ndarray:
+                bh, bw = planes.block_shape
+                ys = slice(grid_row * bh, (grid_row + 1) * bh)
+                xs = slice(grid_col * bw, (grid_col + 1) * bw)
+                return self._cache.get((c, grid_row, grid_col),
+                                       lambda: np.asarray(planes.get(index, ys, xs), dtype=self.dtype))
+
+            return _assemble_region(block, planes.block_shape, (y0, y1, x0, x1), self.dtype)
         except Exception as err:  # codec errors (DeflateError, ...), OSError on a vanishing file
             raise ValueError(
                 f"{self.path}: cannot read channel {c} ({self.channel_names[c]}) region y[{y0}:{y1}] "
                 f"x[{x0}:{x1}]: {type(err).__name__}: {err}"
             ) from err
 
-    def _block(self, c: int, grid_row: int, grid_col: int) -> np.ndarray:
-        bh, bw = self._block_shape
-        ys = slice(grid_row * bh, (grid_row + 1) * bh)
-        xs = slice(grid_col * bw, (grid_col + 1) * bw)
-        return self._cache.get((c, grid_row, grid_col),
-                               lambda: np.asarray(self._zarr[self._index(c, ys, xs)], dtype=self.dtype))
-
     def close(self) -> None:
-        if getattr(self, "_cache", None) is not None:
-            self._cache.clear()
-        self._memmap = None
-        self._zarr = None
+        self._cache.clear()
+        self._channels = []
         self._tf.close()
+
+
+def _planes_per_series(all_series, n_channels: int) -> bool:
+    """True when a file holds exactly one 2-D series per channel, all of one shape and dtype."""
+    first = all_series[0]
+    return len(all_series) == n_channels and all(
+        len(s.shape) == 2 and tuple(s.shape) == tuple(first.shape) and s.dtype == first.dtype for s in all_series
+    )
 
 
 # --- HDSCA-style frame folders ----------------------------------------------------------------------
@@ -541,6 +575,7 @@ class FrameFolderSource(SlideSource):
         self.shape = (len(self.channel_names), self.rows * self.frame_shape[0], self.cols * self.frame_shape[1])
         self.pixel_size_um = pixel_size_um if pixel_size_um is not None else _ome_pixel_size_um(pixels)
         self.file_channel_names = None
+        self.storage = f"frames {self.rows}x{self.cols} of {self.frame_shape[0]}x{self.frame_shape[1]}"
         # two frame rows: a band of tiles no taller than a frame spans at most two, so tiling a channel
         # band by band decodes each frame once
         self._cache = _LRUCache(max_entries=2 * self.cols)
@@ -567,11 +602,6 @@ class FrameFolderSource(SlideSource):
                 f"{', '.join(empty[:_MAX_NAMES_IN_ERROR])}"
             )
 
-    @property
-    def storage(self) -> str:
-        """How pixels are reached (for logs and provenance)."""
-        return f"frames {self.rows}x{self.cols} of {self.frame_shape[0]}x{self.frame_shape[1]}"
-
     def _read(self, c: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return _assemble_region(lambda r, k: self._frame(c, r, k), self.frame_shape, (y0, y1, x0, x1), self.dtype)
 
@@ -589,11 +619,10 @@ class FrameFolderSource(SlideSource):
                     f"folder's first frame has {self.frame_shape} and {self.dtype}"
                 )
             _check_data_in_file(file, series)
-            data = series.asarray()
-        except ValueError:
-            raise
-        except Exception as err:  # codec errors on a damaged frame
-            raise ValueError(f"{file}: cannot decode frame ({type(err).__name__}: {err})") from err
+            try:
+                data = series.asarray()
+            except Exception as err:  # codec errors on a damaged frame
+                raise ValueError(f"{file}: cannot decode frame ({type(err).__name__}: {err})") from err
         finally:
             tf.close()
         return np.asarray(data, dtype=self.dtype)

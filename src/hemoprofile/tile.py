@@ -7,6 +7,7 @@ channel and tile by tile, so memory stays at about one tile plus the source's sm
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -95,7 +96,7 @@ def tile_slide(
     dtype = stored_dtype(source.dtype)
     is_float = dtype.kind == "f"
     tiles = list(iter_tiles((height, width), tile_size))
-    report_every = max(1, round(len(tiles) / 10))
+    report_every = max(1, math.ceil(len(tiles) / 10))
 
     provenance = {
         "stage": "tile",

@@ -1,7 +1,10 @@
 # Configuration, sample sheet and input functions. Defines no rules.
+import os
 import sys
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+
+import pandas as pd
 
 import hemoprofile
 from hemoprofile import synth
@@ -33,6 +36,13 @@ SLIDES = list(SAMPLES.index)
 
 wildcard_constraints:
     slide="|".join(SLIDES),
+
+
+def synthetic_slide_output():
+    """The simulated slide: a frame folder or one OME-TIFF, as synthetic.output_format says."""
+    if config["synthetic"]["output_format"] == "frames":
+        return directory(f"{SYNTHETIC_DIR}/{{slide}}/frames")
+    return f"{SYNTHETIC_DIR}/{{slide}}/slide.ome.tif"
 
 
 def stage_version(stage):

@@ -1,13 +1,5 @@
 # The built-in synthetic cohort: HDSCA-like slides with ground truth (active when synthetic.enabled).
 
-SYNTHETIC_SLIDE_NAME = "frames" if config["synthetic"]["output_format"] == "frames" else "slide.ome.tif"
-
-
-def synthetic_slide_output():
-    path = f"{SYNTHETIC_DIR}/{{slide}}/{SYNTHETIC_SLIDE_NAME}"
-    return directory(path) if SYNTHETIC_SLIDE_NAME == "frames" else path
-
-
 rule simulate_slide:
     output:
         slide=synthetic_slide_output(),
@@ -17,7 +9,7 @@ rule simulate_slide:
         synthetic=config["synthetic"],
         sample=lambda wildcards: sample(wildcards.slide).to_dict(),
         frames=config["frames"],
-        out_dir=SYNTHETIC_DIR,
+        out_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.truth_cells)),
         version=stage_version("simulate"),
     log:
         f"{RESULTS}/logs/simulate/{{slide}}.log",

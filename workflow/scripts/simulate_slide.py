@@ -1,4 +1,5 @@
 """Snakemake adapter: simulate one synthetic slide with ground truth (hemoprofile.synth.simulate_slide)."""
+import package_path  # noqa: F401  (src/ on sys.path)
 from hemoprofile.runlog import job_progress
 from hemoprofile.synth import simulate_slide
 

@@ -1,4 +1,5 @@
 """Snakemake adapter: write the synthetic cohort's sample sheet and its whole ground-truth cell table."""
+import package_path  # noqa: F401  (src/ on sys.path)
 import pandas as pd
 
 from hemoprofile.io import atomic_output
