@@ -8,37 +8,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from hemoprofile.io import frame_filename, frame_grid_position
 from hemoprofile.slide_sources import FrameFolderSource, open_slide_source
+from slide_writers import CHANNELS3, reference_image, write_frame_folder
 
-CHANNELS3 = ["DAPI", "CK", "CD45"]
 
 # windows inside a 3 x 70 x 90 image crossing 32-px TIFF tiles, 30 x 45 frames, and both far edges
 WINDOWS = [(0, 70, 0, 90), (5, 37, 31, 33), (29, 70, 44, 90), (0, 1, 89, 90), (69, 70, 0, 90)]
-
-
-def reference_image(shape, dtype, seed=0) -> np.ndarray:
-    """Pixels spanning the dtype's range, so a wrong cast or byte order cannot go unnoticed."""
-    rng = np.random.default_rng(seed)
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return (rng.normal(0, 1000, shape)).astype(dtype)
-    info = np.iinfo(dtype)
-    return rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
-
-
-def write_frame_folder(folder: Path, image: np.ndarray, rows: int, cols: int, order: str,
-                       pattern: str = "Tile{index:06d}.tif", channel_names=CHANNELS3) -> None:
-    """Cut a C x Y x X image into rows x cols frames written as an HDSCA scanner names them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    n_channels, height, width = image.shape
-    fh, fw = height // rows, width // cols
-    for c in range(n_channels):
-        for frame in range(rows * cols):
-            r, k = frame_grid_position(frame, rows, cols, order)
-            name = frame_filename(pattern, frame, c, channel_names[c], rows * cols)
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(folder / name, image[c, r * fh:(r + 1) * fh, k * fw:(k + 1) * fw])
 
 
 def assert_regions_match(source, image):

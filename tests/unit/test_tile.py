@@ -11,38 +11,13 @@ import tifffile
 import zarr
 
 from hemoprofile import tile as tile_module
-from hemoprofile.io import frame_filename, frame_grid_position, open_ome_zarr
+from hemoprofile.io import open_ome_zarr
 from hemoprofile.slide_sources import open_slide_source
 from hemoprofile.tile import tile_slide
-
-CHANNELS = ["DAPI", "CK", "CD45"]
+from slide_writers import CHANNELS3 as CHANNELS
+from slide_writers import reference_image, write_frame_folder
 SHAPE = (3, 700, 900)  # not a multiple of the 256-px tile: edge tiles are 188 x 132
 TILE = 256
-
-
-# (the two helpers below mirror those in test_slide_sources.py; kept here so each test file stands alone)
-
-
-def reference_image(shape, dtype, seed=0) -> np.ndarray:
-    """Pixels spanning the dtype's range, so a wrong cast cannot go unnoticed."""
-    rng = np.random.default_rng(seed)
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return rng.normal(0, 1000, shape).astype(dtype)
-    info = np.iinfo(dtype)
-    return rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
-
-
-def write_frame_folder(folder: Path, image: np.ndarray, rows: int, cols: int, order: str) -> None:
-    """Cut a C x Y x X image into rows x cols frames named as an HDSCA scanner names them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    n_channels, height, width = image.shape
-    fh, fw = height // rows, width // cols
-    for c in range(n_channels):
-        for frame in range(rows * cols):
-            r, k = frame_grid_position(frame, rows, cols, order)
-            name = frame_filename("Tile{index:06d}.tif", frame, c, CHANNELS[c], rows * cols)
-            tifffile.imwrite(folder / name, image[c, r * fh:(r + 1) * fh, k * fw:(k + 1) * fw])
 
 
 def write_slide(tmp_path: Path, image: np.ndarray, layout: str, pixel_size_um: float | None = None):
