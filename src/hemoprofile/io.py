@@ -163,19 +163,8 @@ def create_ome_zarr_image(
                                     [1.0, scale, scale]),
         "omero": {"channels": omero_channels, "rdefs": {"model": "color"}},
     }
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    root.attrs["ome"] = ome
-    if extra_attributes:
-        root.attrs["hemoprofile"] = extra_attributes
-    return root.create_array(
-        "0",
-        shape=shape,
-        chunks=(1, int(tile_size), int(tile_size)),
-        dtype=dtype,
-        compressors=_compressors(compression_level),
-        fill_value=0,
-        dimension_names=("c", "y", "x"),
-    )
+    return _create_ome_group_array(path, ome, extra_attributes, shape, (1, int(tile_size), int(tile_size)),
+                                   dtype, compression_level, ("c", "y", "x"))
 
 
 def create_ome_zarr_labels(
@@ -195,18 +184,24 @@ def create_ome_zarr_labels(
         "multiscales": _multiscales(name, _space_axes(pixel_size_um), [scale, scale]),
         "image-label": {"version": NGFF_VERSION},
     }
+    return _create_ome_group_array(path, ome, extra_attributes, tuple(int(s) for s in shape_yx),
+                                   (int(tile_size), int(tile_size)), dtype, compression_level, ("y", "x"))
+
+
+def _create_ome_group_array(path, ome, extra_attributes, shape, chunks, dtype, compression_level, dimension_names):
+    """Write a zarr v3 group carrying ``ome`` metadata and return its empty full-resolution array ``0``."""
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     root.attrs["ome"] = ome
     if extra_attributes:
         root.attrs["hemoprofile"] = extra_attributes
     return root.create_array(
         "0",
-        shape=tuple(int(s) for s in shape_yx),
-        chunks=(int(tile_size), int(tile_size)),
+        shape=shape,
+        chunks=chunks,
         dtype=np.dtype(dtype),
         compressors=_compressors(compression_level),
         fill_value=0,
-        dimension_names=("y", "x"),
+        dimension_names=dimension_names,
     )
 
 
