@@ -12,6 +12,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/tile.smk"
 include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/segment.smk"
 
 
 rule all:

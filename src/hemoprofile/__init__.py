@@ -11,4 +11,5 @@ STAGE_VERSIONS = {
     "simulate": 1,
     "tile": 1,
     "preprocess": 1,
+    "segment": 1,
 }

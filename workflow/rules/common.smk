@@ -75,6 +75,7 @@ def slide_reader_params(wildcards):
 
 def all_outputs():
     outputs = expand(f"{RESULTS}/{{slide}}/preprocessed.zarr", slide=SLIDES)
+    outputs += expand(f"{RESULTS}/{{slide}}/labels.zarr", slide=SLIDES)
     if SYNTHETIC:
         outputs.append(f"{SYNTHETIC_DIR}/truth_cells.parquet")
     return outputs
