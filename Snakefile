@@ -13,6 +13,7 @@ include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/tile.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/extract.smk"
 
 
 rule all:

@@ -12,4 +12,5 @@ STAGE_VERSIONS = {
     "tile": 1,
     "preprocess": 1,
     "segment": 1,
+    "extract": 1,
 }

@@ -203,7 +203,16 @@ def run_segment(args) -> int:
 
 
 #: Subcommand name -> function that adds its parser to the subparsers object.
-SUBCOMMANDS: dict[str, Callable] = {"segment": add_segment_parser}
+def add_ingest_collection_parser(subparsers) -> None:
+    from hemoprofile.collection import add_ingest_collection_parser as add
+
+    add(subparsers)
+
+
+SUBCOMMANDS: dict[str, Callable] = {
+    "segment": add_segment_parser,
+    "ingest-collection": add_ingest_collection_parser,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

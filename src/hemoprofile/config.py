@@ -247,12 +247,18 @@ def schema_key_rows(schema: dict, node: dict | None = None, prefix: str = "") ->
         default = sub.get("default")
         if isinstance(default, bool):
             default = str(default).lower()  # as written in YAML
-        shown_default = "" if isinstance(default, dict) or default is None else f"`{default}`"
+        if isinstance(default, list):
+            shown_default = "as in config/config.yaml" if default else "`[]`"
+        else:
+            shown_default = "" if isinstance(default, dict) or default is None else f"`{default}`"
         rows.append((key, _allowed(sub), shown_default, " ".join(str(sub.get("description", "")).split())))
         rows.extend(schema_key_rows(schema, sub, f"{key}."))
         extra = sub.get("additionalProperties")
         if isinstance(extra, dict) and ("$ref" in extra or "properties" in extra):
             rows.extend(schema_key_rows(schema, extra, f"{key}.<name>."))
+        items = sub.get("items")
+        if isinstance(items, dict):
+            rows.extend(schema_key_rows(schema, items, f"{key}[]."))
     return rows
 
 

@@ -76,6 +76,8 @@ def slide_reader_params(wildcards):
 def all_outputs():
     outputs = expand(f"{RESULTS}/{{slide}}/preprocessed.zarr", slide=SLIDES)
     outputs += expand(f"{RESULTS}/{{slide}}/labels.zarr", slide=SLIDES)
+    for name in ("cells.parquet", "patches.zarr", "clusters.parquet"):
+        outputs += expand(f"{RESULTS}/{{slide}}/{name}", slide=SLIDES)
     if SYNTHETIC:
         outputs.append(f"{SYNTHETIC_DIR}/truth_cells.parquet")
     return outputs

@@ -1,0 +1,349 @@
+"""The extract stage against hand-made label images with known features, and tiled against whole-image."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from skimage.draw import disk, ellipse
+from skimage.measure import regionprops
+
+from hemoprofile import io
+from hemoprofile.cell_clusters import clusters_from_labels
+from hemoprofile.extract import (
+    cut_patches,
+    extract_reference,
+    extract_slide,
+    measure_cells,
+    open_patches,
+    to_patch_dtype,
+    to_unit,
+)
+
+CHANNELS = ["DAPI", "CK", "VIM", "CD45"]
+
+
+def measure(labels, raw, pre=None, **kwargs):
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    pre = raw.astype(np.float32) / max(float(raw.max()), 1.0) if pre is None else pre
+    names = kwargs.pop("channel_names", [f"c{i}" for i in range(raw.shape[0])])
+    return ids, measure_cells(labels, raw, pre, ids, channel_names=names, **kwargs)
+
+
+# --- features of single cells ----------------------------------------------------------------------------
+
+
+def test_rectangle_area_centroid_bbox_perimeter_solidity():
+    lab = np.zeros((20, 30), np.uint32)
+    lab[4:8, 10:16] = 5  # 4 x 6 rectangle
+    raw = np.zeros((1, 20, 30), np.uint16)
+    _, m = measure(lab, raw, pixel_size_um=0.5)
+    assert m["area"][0] == 24
+    assert (m["y"][0], m["x"][0]) == (5.5, 12.5)
+    assert (m["y_um"][0], m["x_um"][0]) == (2.75, 6.25)
+    assert m["area_um2"][0] == pytest.approx(6.0)
+    assert [m[k][0] for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")] == [4, 10, 8, 16]
+    assert m["perimeter"][0] == pytest.approx(regionprops(lab)[0].perimeter)
+    assert m["solidity"][0] == pytest.approx(1.0)
+    assert not m["at_border"][0]
+
+
+def test_solidity_of_an_l_shape_is_area_over_hull_of_pixel_squares():
+    lab = np.zeros((5, 5), np.uint32)
+    lab[1, 1] = lab[2, 1] = lab[2, 2] = 1  # hull of the three unit squares: 2 x 2 minus a half corner
+    _, m = measure(lab, np.zeros((1, 5, 5), np.uint16))
+    assert m["solidity"][0] == pytest.approx(3 / 3.5)
+
+
+def test_shape_and_intensity_features_match_skimage_regionprops():
+    rng = np.random.default_rng(3)
+    lab = np.zeros((80, 80), np.uint32)
+    for i, (cy, cx, ry, rx, rot) in enumerate([(20, 20, 9, 5, 0.3), (50, 30, 6, 6, 0), (40, 62, 12, 4, -1.0)], 1):
+        rr, cc = ellipse(cy, cx, ry, rx, shape=lab.shape, rotation=rot)
+        lab[rr, cc] = i * 10
+    raw = rng.integers(0, 4000, (2, 80, 80)).astype(np.uint16)
+    ids, m = measure(lab, raw)
+    props = {r.label: r for r in regionprops(lab, intensity_image=np.moveaxis(raw, 0, -1))}
+    for k, cell in enumerate(ids):
+        r = props[cell]
+        assert m["area"][k] == r.area
+        assert m["perimeter"][k] == pytest.approx(r.perimeter)
+        assert m["eccentricity"][k] == pytest.approx(r.eccentricity, abs=1e-9)
+        assert (m["y"][k], m["x"][k]) == pytest.approx(r.centroid)
+        assert (m["bbox_y0"][k], m["bbox_x0"][k], m["bbox_y1"][k], m["bbox_x1"][k]) == r.bbox
+        assert 0.85 < m["solidity"][k] <= 1.0
+        for c in range(2):
+            assert m[f"mean_c{c}"][k] == pytest.approx(r.intensity_mean[c])
+            assert m[f"max_c{c}"][k] == r.intensity_max[c]
+            assert m[f"integrated_c{c}"][k] == pytest.approx(r.intensity_mean[c] * r.area)
+
+
+def test_eccentricity_of_a_disc_is_near_zero_and_of_a_line_one():
+    lab = np.zeros((40, 40), np.uint32)
+    lab[disk((15, 15), 8)] = 1
+    lab[30, 5:25] = 2
+    _, m = measure(lab, np.zeros((1, 40, 40), np.uint16))
+    assert m["eccentricity"][0] < 0.05
+    assert m["eccentricity"][1] == pytest.approx(1.0)
+
+
+def test_nucleus_area_and_ratio_from_the_threshold():
+    lab = np.zeros((20, 20), np.uint32)
+    lab[2:12, 2:12] = 1  # 100 px cell
+    pre = np.zeros((2, 20, 20), np.float32)
+    pre[0, 5:9, 5:9] = 0.8  # 16 px nucleus
+    pre[0, 2:12, 2] = 0.3  # dim cytoplasm below the threshold
+    _, m = measure(lab, np.zeros((2, 20, 20), np.uint16), pre, nucleus_channel=0, nucleus_threshold=0.5)
+    assert m["nucleus_area"][0] == 16
+    assert m["nucleus_ratio"][0] == pytest.approx(0.16)
+    _, m = measure(lab, np.zeros((2, 20, 20), np.uint16), pre)  # no nucleus channel: missing values
+    assert np.isnan(m["nucleus_ratio"][0])
+
+
+def test_texture_is_zero_on_flat_cells_and_grows_with_granularity():
+    lab = np.zeros((30, 60), np.uint32)
+    lab[5:25, 5:25] = 1
+    lab[5:25, 35:55] = 2
+    pre = np.full((1, 30, 60), 0.5, np.float32)
+    pre[0, 5:25, 35:55] = np.where((np.indices((20, 20)).sum(0) % 2) == 0, 0.2, 0.8)
+    _, m = measure(lab, np.zeros((1, 30, 60), np.uint16), pre)
+    assert m["texture_c0"][0] == pytest.approx(0.0, abs=1e-6)
+    assert m["texture_c0"][1] > 1.0
+
+
+def test_at_border_marks_cells_touching_the_slide_edge_only():
+    lab = np.zeros((20, 20), np.uint32)
+    lab[0:3, 5:8] = 1
+    lab[8:11, 17:20] = 2
+    lab[8:11, 8:11] = 3
+    _, m = measure(lab, np.zeros((1, 20, 20), np.uint16))
+    assert m["at_border"].tolist() == [True, True, False]
+    # a window inside a larger slide: its edge is not the slide's
+    _, m = measure(lab, np.zeros((1, 20, 20), np.uint16), origin=(10, 10), slide_shape=(100, 100))
+    assert m["at_border"].tolist() == [False, False, False]
+
+
+# --- patches ---------------------------------------------------------------------------------------------------
+
+
+def test_patch_is_centred_on_the_centre_pixel_and_zero_padded_at_the_slide_edge():
+    img = np.arange(1, 1 + 2 * 10 * 10, dtype=np.uint16).reshape(2, 10, 10)
+    lab = np.zeros((10, 10), np.uint32)
+    patches = cut_patches(img, lab, np.array([1, 2]), np.array([[5, 5], [0, 9]]), 4)
+    assert patches.shape == (2, 2, 4, 4)
+    assert patches[0, 1, 2, 2] == img[1, 5, 5]  # pixel (P // 2, P // 2) is the centre
+    np.testing.assert_array_equal(patches[0], img[:, 3:7, 3:7])
+    np.testing.assert_array_equal(patches[1, :, :2, :], 0)  # rows above the slide
+    np.testing.assert_array_equal(patches[1, :, :, 3], 0)  # columns right of the slide
+    np.testing.assert_array_equal(patches[1, :, 2:, :3], img[:, 0:2, 7:10])
+
+
+def test_patch_masking_of_neighbours_and_background():
+    img = np.full((1, 12, 12), 9, np.uint8)
+    lab = np.zeros((12, 12), np.uint32)
+    lab[4:8, 4:8] = 1
+    lab[4:8, 8:10] = 2  # a neighbour touching cell 1
+    centre = np.array([[6, 6]])
+    kept = cut_patches(img, lab, np.array([1]), centre, 12)[0, 0]
+    assert (kept[lab == 2] == 9).all()
+    no_neighbours = cut_patches(img, lab, np.array([1]), centre, 12, mask_neighbours=True)[0, 0]
+    assert (no_neighbours[lab == 2] == 0).all() and (no_neighbours[lab != 2] == 9).all()
+    only_cell = cut_patches(img, lab, np.array([1]), centre, 12, mask_background=True, background_margin_px=1)[0, 0]
+    assert (only_cell[lab == 1] == 9).all()
+    assert only_cell[3, 5] == 9 and only_cell[2, 5] == 0  # one pixel of margin kept, the rest zeroed
+    assert (only_cell[lab == 2] == 9).all()  # neighbours are not background
+
+
+def test_patch_dtype_policy():
+    unit = np.array([0.0, 0.5, 1.0], np.float32)
+    assert to_patch_dtype(unit, "uint8").tolist() == [0, 128, 255]
+    assert to_patch_dtype(unit, "uint16").tolist() == [0, 32768, 65535]
+    assert to_patch_dtype(unit, "float16").dtype == np.float16
+    assert to_unit(np.array([0, 65535], np.uint16)).tolist() == [0.0, 1.0]
+
+
+# --- the slide, streamed -------------------------------------------------------------------------------------------
+
+
+def make_slide(tmp_path, labels, tile=32, pixel_size=0.65, seed=0):
+    """Write labels.zarr, image.zarr and preprocessed.zarr for a hand-made label image."""
+    rng = np.random.default_rng(seed)
+    h, w = labels.shape
+    raw = rng.integers(100, 400, (4, h, w)).astype(np.uint16)
+    raw[:, labels > 0] += rng.integers(500, 3000, (4, 1)).astype(np.uint16)
+    raw[0, labels > 0] += (labels[labels > 0] % 7 * 300).astype(np.uint16)  # nuclei of varying brightness
+    pre = (raw.astype(np.float32) / raw.max() * 65535).astype(np.uint16)
+    paths = {k: tmp_path / f"{k}.zarr" for k in ("labels", "image", "preprocessed")}
+    io.create_ome_zarr_labels(paths["labels"], (h, w), tile, pixel_size_um=pixel_size)[:] = labels
+    io.create_ome_zarr_image(paths["image"], raw.shape, np.uint16, tile, CHANNELS, pixel_size)[:] = raw
+    io.create_ome_zarr_image(paths["preprocessed"], pre.shape, np.uint16, tile, CHANNELS, pixel_size)[:] = pre
+    return paths, raw, pre
+
+
+def random_cells(shape, n, seed, max_radius=7):
+    """Discs and ellipses at random places (on tile seams, slide edges, touching each other)."""
+    rng = np.random.default_rng(seed)
+    lab = np.zeros(shape, np.uint32)
+    next_id = 3
+    for _ in range(n):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        ry, rx = rng.uniform(2, max_radius, 2)
+        rr, cc = ellipse(cy, cx, ry, rx, shape=shape, rotation=rng.uniform(0, math.pi))
+        free = lab[rr, cc] == 0
+        if free.sum() >= 4:
+            lab[rr[free], cc[free]] = next_id
+            next_id += rng.integers(1, 4)  # ids with gaps, as after filtering
+    # keep one connected piece per id (partly covered cells may split)
+    from scipy import ndimage
+    out = np.zeros_like(lab)
+    for cell in np.unique(lab)[1:]:
+        pieces, n_pieces = ndimage.label(lab == cell)
+        if n_pieces:
+            largest = np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+            out[pieces == largest] = cell
+    return out
+
+
+def run(paths, tmp_path, extract_cfg=None, gating_cfg=None):
+    out = {k: tmp_path / "out" / name for k, name in
+           (("cells", "cells.parquet"), ("patches", "patches.zarr"), ("clusters", "clusters.parquet"))}
+    summary = extract_slide(paths["labels"], paths["image"], paths["preprocessed"], out["cells"], out["patches"],
+                            out["clusters"], extract_cfg, gating_cfg, slide="S1", progress=None)
+    return summary, out
+
+
+@pytest.mark.parametrize("cfg", [
+    {"patch_size": 16},
+    {"patch_size": 12, "mask_neighbours": False, "mask_background": False, "patch_dtype": "uint16"},
+])
+def test_streaming_equals_whole_image_reference_and_no_cell_is_lost_or_duplicated(tmp_path, cfg):
+    lab = random_cells((150, 130), 160, seed=1)  # 5 x 5 tiles of 32 px
+    paths, raw, pre = make_slide(tmp_path, lab)
+    summary, out = run(paths, tmp_path, {**cfg, "max_cell_diameter_px": 16})
+    cells = pd.read_parquet(out["cells"])
+    patches, attrs = open_patches(out["patches"])
+    ids = np.unique(lab)[1:]
+    assert summary["n_tiles"] == 25 and len(cells) == len(ids) == summary["n_cells"]
+    assert sorted(cells["cell_id"]) == ids.tolist()  # none lost, none duplicated
+    assert patches.shape == (len(ids), 4, cfg["patch_size"], cfg["patch_size"])
+    assert attrs["channel_names"] == CHANNELS and attrs["n_cells"] == len(ids)
+
+    threshold = json.loads(pq.read_schema(out["cells"]).metadata[b"hemoprofile"])["nucleus_threshold"]
+    ref, ref_patches = extract_reference(
+        lab, raw, pre, CHANNELS, patch_size=cfg["patch_size"], patch_dtype=cfg.get("patch_dtype", "uint8"),
+        nucleus_threshold=threshold, pixel_size_um=0.65,
+        mask_neighbours=cfg.get("mask_neighbours", True), mask_background=cfg.get("mask_background", True),
+    )
+    order = np.argsort(cells["cell_id"].to_numpy())  # reference rows ascend by id
+    for name, values in ref.items():
+        np.testing.assert_allclose(cells[name].to_numpy()[order].astype(float), np.asarray(values, float),
+                                   rtol=1e-6, atol=1e-6, err_msg=name)
+    # row i of patches.zarr is row i of cells.parquet
+    np.testing.assert_array_equal(np.asarray(patches[:])[order], ref_patches)
+    # each cell is in the tile holding its centroid; rows come tile by tile, ids ascending within a tile
+    tile = (cells["y"] // 32).astype(int) * 5 + (cells["x"] // 32).astype(int)
+    assert (cells["tile"] == tile).all()
+    assert (np.diff(cells["tile"]) >= 0).all()
+    assert all((np.diff(g["cell_id"]) > 0).all() for _, g in cells.groupby("tile"))
+
+
+def test_cells_larger_than_the_halo_are_measured_whole(tmp_path):
+    lab = np.zeros((96, 96), np.uint32)
+    rr, cc = disk((47, 47), 30)  # 60 px across, centred near a 4-tile corner; halo would be 5 px
+    lab[rr, cc] = 1
+    lab[5:9, 5:9] = 2
+    paths, raw, pre = make_slide(tmp_path, lab)
+    _, out = run(paths, tmp_path, {"max_cell_diameter_px": 4, "patch_size": 8})
+    cells = pd.read_parquet(out["cells"]).set_index("cell_id")
+    assert cells.loc[1, "area"] == len(rr)
+    assert cells.loc[1, ["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]].tolist() == [
+        rr.min(), cc.min(), rr.max() + 1, cc.max() + 1]
+
+
+def test_clusters_and_cluster_id_column(tmp_path):
+    lab = np.zeros((64, 64), np.uint32)
+    lab[10:20, 25:31] = 1
+    lab[10:20, 31:38] = 2  # touches 1, across the seam at x = 32
+    lab[20:26, 37:45] = 3  # diagonal touch with 2
+    lab[50:55, 5:10] = 4  # alone
+    lab[50:55, 12:16] = 5  # 2 px gap from 4: 1.3 um at 0.65 um/px
+    paths, *_ = make_slide(tmp_path, lab)
+    summary, out = run(paths, tmp_path, {"patch_size": 8, "max_cell_diameter_px": 12})
+    cells = pd.read_parquet(out["cells"]).set_index("cell_id")
+    clusters = pd.read_parquet(out["clusters"])
+    assert summary["n_clusters"] == 1
+    assert cells["cluster_id"].to_dict() == {1: 0, 2: 0, 3: 0, 4: -1, 5: -1}
+    row = clusters.iloc[0]
+    assert row["cell_ids"].tolist() == [1, 2, 3] and row["size"] == 3
+    assert [row[k] for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")] == [10, 25, 26, 45]
+    assert row["y_um"] == pytest.approx(row["y"] * 0.65)
+    # within 1.5 um: 4 and 5 join
+    _, out = run(paths, tmp_path, {"patch_size": 8, "max_cell_diameter_px": 12, "cluster_distance_um": 1.5})
+    cells = pd.read_parquet(out["cells"]).set_index("cell_id")
+    assert cells.loc[4, "cluster_id"] == cells.loc[5, "cluster_id"] == 1
+    ref_ids, ref_clusters = clusters_from_labels(lab)
+    assert ref_ids.tolist() == [1, 2, 3]
+
+
+def test_gate_labels_and_provenance_are_written(tmp_path):
+    lab = random_cells((64, 64), 40, seed=4)
+    paths, *_ = make_slide(tmp_path, lab)
+    gating = {"gates": [{"label": "big", "rules": [{"feature": "area", "op": ">", "value": 1.0,
+                                                    "scale": "slide_median"}]}], "default_label": "small"}
+    _, out = run(paths, tmp_path, {"patch_size": 8}, gating)
+    cells = pd.read_parquet(out["cells"])
+    expected = np.where(cells["area"] > cells["area"].median(), "big", "small")
+    assert (cells["gate_label"] == expected).all()
+    meta = json.loads(pq.read_schema(out["cells"]).metadata[b"hemoprofile"])
+    assert meta["stage"] == "extract"
+    assert meta["gating"]["thresholds"][0]["rules"][0]["threshold"] == cells["area"].median()
+    _, out = run(paths, tmp_path, {"patch_size": 8}, {"enabled": False})
+    assert "gate_label" not in pd.read_parquet(out["cells"]).columns
+
+
+def test_empty_slide_gives_empty_outputs(tmp_path):
+    paths, *_ = make_slide(tmp_path, np.zeros((40, 40), np.uint32))
+    summary, out = run(paths, tmp_path)
+    assert summary["n_cells"] == 0
+    assert len(pd.read_parquet(out["cells"])) == 0 and len(pd.read_parquet(out["clusters"])) == 0
+    assert open_patches(out["patches"])[0].shape == (0, 4, 32, 32)
+
+
+def test_unknown_pixel_size_gives_null_micrometres(tmp_path):
+    lab = np.zeros((40, 40), np.uint32)
+    lab[5:10, 5:10] = 1
+    paths, *_ = make_slide(tmp_path, lab, pixel_size=None)
+    _, out = run(paths, tmp_path, {"patch_size": 8})
+    cells = pd.read_parquet(out["cells"])
+    assert cells["y_um"].isna().all() and cells["area_um2"].isna().all() and cells["y"].notna().all()
+    with pytest.raises(ValueError, match="pixel size"):
+        run(paths, tmp_path, {"cluster_distance_um": 2.0})
+
+
+def test_mismatched_inputs_and_bad_settings_raise_naming_the_file(tmp_path):
+    paths, *_ = make_slide(tmp_path, np.zeros((40, 40), np.uint32))
+    io.create_ome_zarr_image(tmp_path / "small.zarr", (4, 30, 40), np.uint16, 32, CHANNELS)
+    with pytest.raises(ValueError, match="small.zarr"):
+        extract_slide(paths["labels"], tmp_path / "small.zarr", paths["preprocessed"], tmp_path / "c.parquet",
+                      tmp_path / "p.zarr", tmp_path / "k.parquet", progress=None)
+    with pytest.raises(ValueError, match="patch_dtype"):
+        run(paths, tmp_path, {"patch_dtype": "int8"})
+    with pytest.raises(ValueError, match="mean_XX"):
+        run(paths, tmp_path, None, {"gates": [{"label": "a", "rules": [{"feature": "mean_XX", "op": ">", "value": 1}]}]})
+    assert not (tmp_path / "c.parquet").exists() and not (tmp_path / "p.zarr").exists()
+
+
+def test_window_reader_returns_what_zarr_returns_and_keeps_few_chunks(tmp_path):
+    from hemoprofile.extract import WindowReader
+
+    data = np.arange(3 * 70 * 90, dtype=np.uint16).reshape(3, 70, 90)
+    array = io.create_ome_zarr_image(tmp_path / "a.zarr", data.shape, np.uint16, 16, ["a", "b", "c"])
+    array[:] = data
+    reader = WindowReader(array)
+    for tile in io.iter_tiles((70, 90), 16):
+        y0, y1, x0, x1 = io.halo_window(tile, 5, (70, 90))
+        np.testing.assert_array_equal(reader.read(y0, y1, x0, x1), data[:, y0:y1, x0:x1])
+        assert len(reader.cache) <= 3 * 3 + 2 * 3
