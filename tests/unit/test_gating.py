@@ -18,16 +18,18 @@ from hemoprofile.gating import (
 
 
 def hand_made_slide(gain=1.0):
-    """90 leukocytes (CD45 high, CK low), 8 CTCs (CK high, CD45 low, DAPI+), 2 CK+ DAPI− specks."""
+    """90 leukocytes (CD45 high, CK low), 8 CTCs (CK high, CD45 low, DAPI+, large), 2 CK+ DAPI- specks
+    and 2 small CK+ DAPI+ debris objects (fail the CTC gate on area)."""
     rng = np.random.default_rng(0)
     n_wbc = 90
-    df = pd.DataFrame({
-        "mean_CD45": np.r_[rng.normal(2500, 300, n_wbc), rng.normal(450, 20, 10)],
-        "mean_CK": np.r_[rng.normal(350, 15, n_wbc), rng.normal(3000, 500, 10)],
-        "max_DAPI": np.r_[rng.normal(4000, 400, n_wbc), rng.normal(2500, 300, 8), [480, 510]],
+    intensities = pd.DataFrame({
+        "mean_CD45": np.r_[rng.normal(2500, 300, n_wbc), rng.normal(450, 20, 12)],
+        "mean_CK": np.r_[rng.normal(350, 15, n_wbc), rng.normal(3000, 500, 12)],
+        "max_DAPI": np.r_[rng.normal(4000, 400, n_wbc), rng.normal(2500, 300, 8), [480, 510], [3000, 3200]],
     })
-    truth = ["leukocyte"] * n_wbc + ["CTC"] * 8 + ["other"] * 2
-    return df * gain, np.array(truth)
+    area = np.r_[rng.normal(180, 30, n_wbc), rng.normal(700, 150, 8), [25, 30], [30, 40]]
+    truth = ["leukocyte"] * n_wbc + ["CTC"] * 8 + ["other"] * 4
+    return (intensities * gain).assign(area=area), np.array(truth)
 
 
 @pytest.mark.parametrize("gain", [0.5, 1.0, 3.0])
@@ -84,13 +86,13 @@ def test_config_is_checked_with_messages_naming_the_gate():
 def test_parquet_sampling_and_regating_stream_row_groups(tmp_path):
     df, truth = hand_made_slide()
     path = tmp_path / "cells.parquet"
-    pq.write_table(pa.Table.from_pandas(df.assign(cell_id=np.arange(100)), preserve_index=False), path,
+    pq.write_table(pa.Table.from_pandas(df.assign(cell_id=np.arange(len(df))), preserve_index=False), path,
                    row_group_size=7)
     sample = sample_parquet_columns(path, ["mean_CK"], max_rows=25)
-    np.testing.assert_array_equal(sample["mean_CK"], df["mean_CK"].to_numpy()[::4])
-    assert len(sample_parquet_columns(path, ["mean_CK"], max_rows=1000)["mean_CK"]) == 100
+    np.testing.assert_array_equal(sample["mean_CK"], df["mean_CK"].to_numpy()[::5])
+    assert len(sample_parquet_columns(path, ["mean_CK"], max_rows=1000)["mean_CK"]) == len(df)
     with pytest.raises(KeyError, match="cells.parquet"):
         sample_parquet_columns(path, ["nope"], 10)
     gate_parquet(path, path)
     out = pd.read_parquet(path)
-    assert (out["gate_label"].to_numpy() == truth).all() and out["cell_id"].tolist() == list(range(100))
+    assert (out["gate_label"].to_numpy() == truth).all() and out["cell_id"].tolist() == list(range(len(df)))
