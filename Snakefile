@@ -14,6 +14,7 @@ include: "workflow/rules/tile.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/classify.smk"
 
 
 rule all:

@@ -13,4 +13,5 @@ STAGE_VERSIONS = {
     "preprocess": 1,
     "segment": 1,
     "extract": 1,
+    "classify": 1,
 }

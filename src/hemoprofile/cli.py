@@ -209,9 +209,23 @@ def add_ingest_collection_parser(subparsers) -> None:
     add(subparsers)
 
 
+def add_train_classifier_parser(subparsers) -> None:
+    from hemoprofile.classify import add_train_classifier_parser as add  # imports torch: only when asked
+
+    add(subparsers)
+
+
+def add_classify_parser(subparsers) -> None:
+    from hemoprofile.classify import add_classify_parser as add
+
+    add(subparsers)
+
+
 SUBCOMMANDS: dict[str, Callable] = {
     "segment": add_segment_parser,
     "ingest-collection": add_ingest_collection_parser,
+    "train-classifier": add_train_classifier_parser,
+    "classify": add_classify_parser,
 }
 
 

@@ -73,11 +73,51 @@ def slide_reader_params(wildcards):
     }
 
 
+# --- cell classifiers (rules in classify.smk) ---
+
+CLASSIFY = config["classify"]
+CLASSIFY_TASKS = list(CLASSIFY["tasks"])
+CLASSIFY_VERSION = stage_version("classify")
+
+
+def classifier_model(task):
+    """The model file classify uses for a task: a given one, else the one train_classifier writes."""
+    return CLASSIFY["models"].get(task) or f"{RESULTS}/models/classifier_{task}.pt"
+
+
+def classifier_training_inputs(wildcards):
+    """Every slide's cells and patches, plus what the label source needs (truth, a labels table)."""
+    inputs = {
+        "cells": expand(f"{RESULTS}/{{slide}}/cells.parquet", slide=SLIDES),
+        "patches": expand(f"{RESULTS}/{{slide}}/patches.zarr", slide=SLIDES),
+    }
+    if CLASSIFY["label_source"] == "truth":
+        if not SYNTHETIC:
+            raise WorkflowError(
+                "classify.label_source is 'truth', which needs the synthetic cohort (synthetic.enabled: true); "
+                "use 'column' (a gating label column) or 'table' (classify.labels_table) for real slides"
+            )
+        inputs["truth_labels"] = expand(f"{SYNTHETIC_DIR}/{{slide}}/truth_labels.zarr", slide=SLIDES)
+        inputs["truth_cells"] = f"{SYNTHETIC_DIR}/truth_cells.parquet"
+    elif CLASSIFY["label_source"] == "table":
+        inputs["labels_table"] = CLASSIFY["labels_table"]
+    return inputs
+
+
+def classifier_outputs():
+    """Metrics of every task the workflow trains, and every slide's predictions (for rule all)."""
+    outputs = [
+        f"{RESULTS}/models/classifier_{task}.metrics.json" for task in CLASSIFY_TASKS if not CLASSIFY["models"].get(task)
+    ]
+    return outputs + expand(f"{RESULTS}/{{slide}}/predictions.parquet", slide=SLIDES)
+
+
 def all_outputs():
     outputs = expand(f"{RESULTS}/{{slide}}/preprocessed.zarr", slide=SLIDES)
     outputs += expand(f"{RESULTS}/{{slide}}/labels.zarr", slide=SLIDES)
     for name in ("cells.parquet", "patches.zarr", "clusters.parquet"):
         outputs += expand(f"{RESULTS}/{{slide}}/{name}", slide=SLIDES)
+    outputs += classifier_outputs()
     if SYNTHETIC:
         outputs.append(f"{SYNTHETIC_DIR}/truth_cells.parquet")
     return outputs

@@ -1,0 +1,1473 @@
+"""Cell classifiers: tasks, training data from patches.zarr + labels, training, inference and metrics.
+
+Tasks (:data:`TASKS`) map a cell type to the class a classifier predicts:
+
+- ``lineage``: lymphoid vs myeloid (CD4_T, CD8_T, B, NK -> lymphoid; granulocyte, monocyte -> myeloid);
+- ``immune5``: T (= CD4_T + CD8_T), B, NK, granulocyte, monocyte;
+- ``immune6``: CD4_T, CD8_T, B, NK, granulocyte, monocyte;
+- ``ctc``: CTC vs leukocyte (every leukocyte type);
+- ``hierarchical``: a ``lineage`` model, then one sub-classifier per lineage over that lineage's
+  ``immune6`` classes; the leaf probability is p(lineage) x p(type | lineage);
+- ``collection``: the labels of a single-cell collection as they are (e.g. the 8 PBC classes).
+
+Cells outside a task (CTCs for the leukocyte tasks, unlabelled cells) are left out of its training
+and scored at inference like any other cell.
+
+Labels come from one of (``label_source``):
+
+- ``truth``: synthetic slides; a segmented cell takes the ground-truth cell under its centroid in
+  ``truth_labels.zarr`` (:func:`match_truth`), and that cell's ``cell_type`` in ``truth_cells.parquet``;
+- ``column``: a label column of cells.parquet (e.g. written by marker gating);
+- ``table``: a CSV/parquet table with slide, cell_id and a label column;
+- ``collection``: the ``label`` column of a collection ingested by :mod:`hemoprofile.collection`.
+
+Splits are held out by patient (else by slide) so no cell, nor any augmented copy of it, is on both
+sides; for a collection without slides the split is stratified by class and exact duplicate patches are
+removed from the held-out side. Training is seeded, samples classes evenly, stops early on the
+validation split's balanced accuracy, and evaluates an exponential moving average of the weights.
+
+Model files are ``torch.save`` dicts (:func:`save_classifier`) with the architecture, the classes, the
+channel names and the patch size, so :func:`load_classifier` rebuilds a model with no other input; a
+model's id is the SHA-256 of its file (first 12 hex digits), written next to every prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from hemoprofile.augment import AugmentConfig, augment_batch, centre_crop, dihedral, to_unit_float
+from hemoprofile.cnn import CellNet, CellNetSpec, WeightEMA, build_model, count_parameters, fuse_batchnorm
+from hemoprofile.devices import DeviceChoice, pick_device
+from hemoprofile.io import atomic_output
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "hemoprofile-cell-classifier"
+MODEL_FORMAT_VERSION = 1
+
+LEUKOCYTE_TYPES = ("CD4_T", "CD8_T", "B", "NK", "granulocyte", "monocyte")
+LINEAGE_OF = {"CD4_T": "lymphoid", "CD8_T": "lymphoid", "B": "lymphoid", "NK": "lymphoid",
+              "granulocyte": "myeloid", "monocyte": "myeloid"}
+
+#: Task -> {cell type or label -> class}; the class order of a task is the order of first appearance.
+TASKS: dict[str, dict[str, str]] = {
+    "lineage": dict(LINEAGE_OF),
+    "immune5": {"CD4_T": "T", "CD8_T": "T", "B": "B", "NK": "NK", "granulocyte": "granulocyte",
+                "monocyte": "monocyte"},
+    "immune6": {t: t for t in LEUKOCYTE_TYPES},
+    "ctc": {**{t: "leukocyte" for t in LEUKOCYTE_TYPES}, "CTC": "CTC"},
+}
+#: Stained-smear names (PBC, CellaVision) with an unambiguous place in a task; a lymphocyte is not
+#: split into T/B/NK by morphology alone, so it maps only for ``lineage``.
+SMEAR_ALIASES: dict[str, dict[str, str]] = {
+    "lineage": {"lymphocyte": "lymphoid", "neutrophil": "myeloid", "eosinophil": "myeloid",
+                "basophil": "myeloid", "monocyte": "myeloid", "ig": "myeloid"},
+    "immune5": {"neutrophil": "granulocyte", "eosinophil": "granulocyte", "basophil": "granulocyte"},
+    "immune6": {"neutrophil": "granulocyte", "eosinophil": "granulocyte", "basophil": "granulocyte"},
+}
+HIERARCHICAL = "hierarchical"
+COLLECTION = "collection"
+TASK_NAMES = (*TASKS, HIERARCHICAL, COLLECTION)
+LABEL_SOURCES = ("truth", "column", "table", "collection")
+
+
+def task_classes(task: str, labels: Sequence[str] | None = None) -> list[str]:
+    """The class names of ``task`` in their fixed order (``collection``: the sorted distinct ``labels``).
+
+    Example
+    -------
+    >>> task_classes("immune5")
+    ['T', 'B', 'NK', 'granulocyte', 'monocyte']
+    """
+    if task == COLLECTION:
+        if labels is None:
+            raise ValueError("task 'collection' takes its classes from the labels; none given")
+        return sorted({str(v) for v in labels if isinstance(v, str) and v})
+    if task == HIERARCHICAL:
+        return list(LEUKOCYTE_TYPES)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASK_NAMES)}")
+    return list(dict.fromkeys(TASKS[task].values()))
+
+
+def map_labels(labels: Sequence, task: str) -> np.ndarray:
+    """Map cell types (or labels that already are the task's classes) to the task's classes.
+
+    Returns an object array with the class name, or ``None`` where the label is outside the task
+    (e.g. a CTC for ``lineage``, a missing label).
+
+    Example
+    -------
+    >>> list(map_labels(["CD8_T", "CTC", "monocyte"], "lineage"))
+    ['lymphoid', None, 'myeloid']
+    """
+    if task == COLLECTION:
+        return np.array([str(v) if isinstance(v, str) and v else None for v in labels], dtype=object)
+    task_map = TASKS["immune6"] if task == HIERARCHICAL else TASKS[task]
+    classes = set(task_classes(task))
+    aliases = SMEAR_ALIASES.get("immune6" if task == HIERARCHICAL else task, {})
+    out = np.empty(len(labels), dtype=object)
+    for i, v in enumerate(labels):
+        v = v if isinstance(v, str) else None
+        out[i] = task_map.get(v) or (v if v in classes else None) or aliases.get(v) if v else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
+    """Accuracy, balanced accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    Balanced accuracy is the mean recall over classes present in ``y_true``; macro F1 averages over the
+    classes present in ``y_true`` or ``y_pred``. The confusion matrix has true classes in rows.
+
+    Example
+    -------
+    >>> m = classification_metrics([0, 0, 1, 1], [0, 1, 1, 1], ["a", "b"])
+    >>> m["accuracy"], m["confusion_matrix"]
+    (0.75, [[1, 1], [0, 2]])
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    k = len(classes)
+    cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k) if len(y_true) else np.zeros((k, k), int)
+    tp = np.diag(cm).astype(float)
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    present = support > 0
+    in_f1 = present | (predicted > 0)
+    n = int(cm.sum())
+    return {
+        "n": n,
+        "accuracy": float(tp.sum() / n) if n else float("nan"),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
+        "macro_f1": float(f1[in_f1].mean()) if in_f1.any() else float("nan"),
+        "per_class": {
+            str(c): {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                     "support": int(support[i])}
+            for i, c in enumerate(classes)
+        },
+        "classes": [str(c) for c in classes],
+        "confusion_matrix": cm.astype(int).tolist(),
+    }
+
+
+def format_confusion(metrics: dict) -> str:
+    """The confusion matrix of :func:`classification_metrics` as aligned text (true classes in rows)."""
+    classes = metrics["classes"]
+    width = max(6, *(len(c) for c in classes))
+    lines = ["true \\ pred".ljust(width) + " " + " ".join(c[:width].rjust(width) for c in classes)]
+    for c, row in zip(classes, metrics["confusion_matrix"]):
+        lines.append(c.ljust(width) + " " + " ".join(str(v).rjust(width) for v in row))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Splits
+
+
+def stratified_split(labels: Sequence, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Split indices into parts of the given fractions within each class (seeded).
+
+    Parameters
+    ----------
+    labels : one label per item.
+    fractions : fraction of each part after the first (e.g. ``[0.2]`` for 80/20, ``[0.15, 0.2]`` for
+        train/validation/test); the first part takes the rest.
+
+    Returns
+    -------
+    list of sorted index arrays, first the remainder part, then one per fraction.
+
+    Example
+    -------
+    >>> [len(p) for p in stratified_split(["a"] * 10 + ["b"] * 10, [0.2], seed=0)]
+    [16, 4]
+    """
+    labels = np.asarray(labels, dtype=object)
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+    for value in sorted(set(labels.tolist()), key=str):
+        idx = np.flatnonzero(labels == value)
+        idx = idx[rng.permutation(len(idx))]
+        start = 0
+        for p, frac in enumerate(fractions, start=1):
+            n = int(round(frac * len(idx)))
+            parts[p].extend(idx[start:start + n])
+            start += n
+        parts[0].extend(idx[start:])
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def group_split(groups: Sequence, labels: Sequence, fractions: Sequence[float], seed: int,
+                tries: int = 200) -> list[np.ndarray]:
+    """Split indices by group (patient or slide) so every group lies on one side only.
+
+    Groups are drawn in a seeded random order into parts of about ``fractions`` of the groups (the first
+    part takes the rest, every part at least one group where there are enough); of ``tries`` draws the
+    first where every class appears in every part is kept (else the draw covering most classes), so a
+    rare class such as CTCs is not left out of the held-out part by chance.
+
+    Example
+    -------
+    >>> groups = ["p1", "p1", "p2", "p2", "p3"]
+    >>> train, test = group_split(groups, list("ababa"), [0.34], seed=0)
+    >>> {groups[i] for i in train} & {groups[i] for i in test}
+    set()
+    """
+    groups = np.asarray([str(g) for g in groups], dtype=object)
+    labels = np.asarray(labels, dtype=object)
+    names = np.array(sorted(set(groups.tolist())), dtype=object)
+    n_parts = len(fractions) + 1
+    if len(names) < n_parts:
+        raise ValueError(f"{len(names)} group(s) cannot make {n_parts} held-out parts; need at least {n_parts}")
+    counts = [max(1, int(round(f * len(names)))) for f in fractions]
+    while sum(counts) > len(names) - 1:
+        counts[int(np.argmax(counts))] -= 1
+        if min(counts) < 1:
+            raise ValueError(f"{len(names)} groups are too few for fractions {list(fractions)}")
+    all_classes = set(labels.tolist())
+    rng = np.random.default_rng(seed)
+    best, best_cover = None, -1
+    for _ in range(max(1, tries)):
+        order = names[rng.permutation(len(names))]
+        assign, start = {}, 0
+        for p, n in enumerate(counts, start=1):
+            for g in order[start:start + n]:
+                assign[g] = p
+            start += n
+        part_of = np.array([assign.get(g, 0) for g in groups])
+        cover = sum(len(set(labels[part_of == p].tolist()) & all_classes) for p in range(n_parts))
+        if cover > best_cover:
+            best, best_cover = part_of, cover
+        if cover == n_parts * len(all_classes):
+            break
+    return [np.flatnonzero(best == p) for p in range(n_parts)]
+
+
+def patch_hashes(patches: np.ndarray) -> np.ndarray:
+    """A content hash per patch (first axis), to find exact copies of one cell across splits."""
+    flat = np.ascontiguousarray(patches).reshape(len(patches), -1)
+    return np.array([hashlib.blake2b(row.tobytes(), digest_size=12).hexdigest() for row in flat], dtype=object)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a classifier is trained (the ``classify.train`` config section).
+
+    Attributes
+    ----------
+    epochs : maximum passes over the training split (one pass = as many samples as training cells).
+    minutes : wall-clock training budget (``None``: none); the learning-rate schedule runs on the
+        larger of step and time progress, so a budgeted run still anneals to the end.
+    batch_size, lr, weight_decay : AdamW settings; ``lr`` is the peak of a one-cycle schedule
+        (linear warm-up over ``warmup`` of the run, then cosine decay to ``lr / 100``).
+    label_smoothing : cross-entropy label smoothing.
+    ema_decay : decay of the weight average evaluated and saved (0: the raw weights).
+    patience : evaluations without a better validation balanced accuracy before stopping (0: never
+        stop early; the final weights are kept).
+    eval_every : evaluate on the validation split every this many epochs (and after the last).
+    balanced : draw classes evenly in each epoch (sampling with replacement, weights 1 / class size).
+    tta : dihedral transforms averaged at evaluation and inference (1, 2, 4 or 8).
+    seed : seeds the initial weights, the sampling and the augmentations.
+    """
+
+    epochs: int = 30
+    minutes: float | None = None
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    warmup: float = 0.05
+    label_smoothing: float = 0.1
+    ema_decay: float = 0.998
+    patience: int = 5
+    eval_every: int = 1
+    balanced: bool = True
+    tta: int = 1
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None) -> "TrainSettings":
+        """Build from a config mapping; unknown keys raise ``ValueError`` naming them."""
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown training key(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_classifier` returns: the chosen model (eval mode, on the CPU) and its history."""
+
+    model: CellNet
+    history: list[dict]
+    epochs: int
+    seconds: float
+    best_epoch: int
+    stopped: str
+    val_metrics: dict | None
+
+
+def _to_unit_float(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Stored patches (uint8 / uint16 representing [0, 1], or float) as float32 in [0, 1]."""
+    if isinstance(batch, np.ndarray) and batch.dtype == np.uint16:
+        batch = batch.astype(np.int32)  # torch has limited uint16 support
+    return to_unit_float(torch.as_tensor(batch))
+
+
+def _lr_factor(progress: float, warmup: float) -> float:
+    """One-cycle shape: linear warm-up to 1, then cosine decay to 0.01."""
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return 0.01 + 0.99 * progress / warmup
+    t = (progress - warmup) / max(1e-9, 1 - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+TTA_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)  # identity, flip, 180, 180+flip, 90, ...
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, patches, device: DeviceChoice, batch_size: int = 256,
+                   tta: int = 1, input_size: int | None = None) -> torch.Tensor:
+    """Softmax probabilities (float32, on the CPU) of ``model`` for ``patches`` (N, C, H, W) as stored.
+
+    With ``tta`` > 1 the probabilities are averaged over the first ``tta`` dihedral transforms of
+    :data:`TTA_ORDER`; ``input_size`` centre-crops larger patches.
+    """
+    if tta not in (1, 2, 4, 8):
+        raise ValueError(f"tta must be 1, 2, 4 or 8, got {tta}")
+    # on the device and in the inputs' memory layout (no per-batch conversions); a no-op when already so
+    model.eval().to(device.device, memory_format=torch.channels_last)
+    out = []
+    for start in range(0, len(patches), batch_size):
+        x = _to_unit_float(patches[start:start + batch_size])
+        if input_size and x.shape[-1] != input_size:
+            x = centre_crop(x, input_size)
+        x = x.to(device.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        p = 0
+        for k in TTA_ORDER[:tta]:
+            with device.autocast():
+                logits = model(dihedral(x, k) if k else x)
+            p = p + torch.softmax(logits.float(), 1)
+        out.append((p / tta).cpu())
+    return torch.cat(out) if out else torch.zeros((0, model.spec.n_classes))
+
+
+def fit_classifier(
+    x_train,
+    y_train: np.ndarray,
+    x_val,
+    y_val: np.ndarray | None,
+    spec: CellNetSpec,
+    augment: AugmentConfig,
+    settings: TrainSettings,
+    device: DeviceChoice | None = None,
+    classes: Sequence[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train a :class:`CellNet` from scratch on in-memory patches.
+
+    Parameters
+    ----------
+    x_train, x_val : patches (N, C, H, W), uint8 (or uint16 / float) as stored; numpy or torch. When
+        ``augment.crop`` is set, training takes random crops of that size and validation the centre crop.
+    y_train, y_val : class indices (int); ``x_val``/``y_val`` may be ``None`` (no early stopping).
+    spec : the architecture; ``spec.n_classes`` must cover the labels.
+    augment, settings : see :class:`hemoprofile.augment.AugmentConfig` and :class:`TrainSettings`.
+    device : from :func:`hemoprofile.devices.pick_device` (default: ``auto``).
+    progress : called with one line per evaluation.
+
+    Returns
+    -------
+    FitResult with the model to keep (the EMA weights at the best validation epoch, or at the end).
+    """
+    progress = progress or (lambda msg: log.info(msg))
+    device = device or pick_device("auto")
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    x_train = torch.as_tensor(x_train)
+    y_train_t = torch.as_tensor(np.asarray(y_train, dtype=np.int64))
+    n = len(y_train_t)
+    if n == 0:
+        raise ValueError("no training cells")
+    if int(y_train_t.max()) >= spec.n_classes:
+        raise ValueError(f"label {int(y_train_t.max())} out of range for {spec.n_classes} classes")
+    input_size = augment.crop or x_train.shape[-1]
+    model = build_model(spec)
+    # per-channel input statistics from (up to 4096 of) the training patches, saved with the weights
+    sample = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed))[:4096]
+    stats = _to_unit_float(x_train[sample]).transpose(0, 1).reshape(x_train.shape[1], -1)
+    model.set_input_statistics(stats.mean(1), stats.std(1))
+    model = model.to(device.device).to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
+    optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
+    scaler = device.grad_scaler()
+    ema = WeightEMA(model, settings.ema_decay) if settings.ema_decay > 0 else None
+    counts = torch.bincount(y_train_t, minlength=spec.n_classes).float()
+    sample_weight = (1.0 / counts.clamp_min(1))[y_train_t]
+    steps_per_epoch = max(1, math.ceil(n / settings.batch_size))
+    total_steps = settings.epochs * steps_per_epoch
+    budget = settings.minutes * 60 if settings.minutes else None
+    start = time.perf_counter()
+    step, history = 0, []
+    best_score, best_state, best_epoch, since_best = -1.0, None, 0, 0
+    stopped, val_metrics = "epochs", None
+    classes = list(classes) if classes is not None else [str(i) for i in range(spec.n_classes)]
+    epoch = 0
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        if settings.balanced:
+            order = torch.multinomial(sample_weight, n, replacement=True, generator=gen)
+        else:
+            order = torch.randperm(n, generator=gen)
+        loss_sum, seen, t_epoch = 0.0, 0, time.perf_counter()
+        out_of_time = False
+        for b in range(steps_per_epoch):
+            idx = order[b * settings.batch_size:(b + 1) * settings.batch_size]
+            if len(idx) < 2:  # batch norm needs two samples
+                continue
+            elapsed = time.perf_counter() - start
+            frac = max(step / total_steps, elapsed / budget if budget else 0.0)
+            if frac >= 1.0:
+                out_of_time = True
+                break
+            for group in optimiser.param_groups:
+                group["lr"] = settings.lr * _lr_factor(frac, settings.warmup)
+            xb = augment_batch(x_train[idx], augment, gen)
+            xb = xb.to(device.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            yb = y_train_t[idx].to(device.device)
+            with device.autocast():
+                loss = F.cross_entropy(model(xb).float(), yb, label_smoothing=settings.label_smoothing)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            loss_sum += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        record = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "seconds": time.perf_counter() - t_epoch,
+                  "lr": optimiser.param_groups[0]["lr"]}
+        last = out_of_time or epoch == settings.epochs
+        if x_val is not None and y_val is not None and len(y_val) and (epoch % settings.eval_every == 0 or last):
+            eval_model = ema.model if ema is not None else model
+            probs = predict_proba(eval_model, x_val, device, tta=settings.tta, input_size=input_size)
+            val_metrics = classification_metrics(y_val, probs.argmax(1).numpy(), classes)
+            record.update(val_accuracy=val_metrics["accuracy"], val_balanced_accuracy=val_metrics["balanced_accuracy"],
+                          val_macro_f1=val_metrics["macro_f1"])
+            score = val_metrics["balanced_accuracy"]
+            if settings.patience > 0:
+                if score > best_score:
+                    best_score, best_epoch, since_best = score, epoch, 0
+                    best_state = copy.deepcopy(eval_model.state_dict())
+                else:
+                    since_best += 1
+        history.append(record)
+        progress(
+            f"epoch {epoch}: loss {record['loss']:.4f}, {record['seconds']:.1f} s"
+            + (f", val acc {record['val_accuracy']:.4f}, bal acc {record['val_balanced_accuracy']:.4f}"
+               if "val_accuracy" in record else "")
+        )
+        if out_of_time:
+            stopped = "time budget"
+            break
+        if settings.patience > 0 and since_best >= settings.patience:
+            stopped = "early stopping"
+            break
+    final = copy.deepcopy(ema.model if ema is not None else model)
+    if best_state is not None:
+        final.load_state_dict(best_state)
+    else:
+        best_epoch = epoch
+    final = final.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    return FitResult(final, history, epoch, time.perf_counter() - start, best_epoch, stopped, val_metrics)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model files
+
+
+def _checkpoint(model: CellNet, task: str, classes: Sequence[str], channels: Sequence[str], patch_size: int,
+                input_size: int | None, metadata: Mapping | None) -> dict:
+    return {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "kind": "flat",
+        "task": str(task),
+        "classes": [str(c) for c in classes],
+        "channels": [str(c) for c in channels],
+        "patch_size": int(patch_size),
+        "input_size": int(input_size or patch_size),
+        "spec": model.spec.to_dict(),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "metadata": json.loads(json.dumps(dict(metadata or {}), default=str)),
+    }
+
+
+def save_classifier(path: str | os.PathLike, model: CellNet, task: str, classes: Sequence[str],
+                    channels: Sequence[str], patch_size: int, input_size: int | None = None,
+                    metadata: Mapping | None = None, children: Mapping[str, dict] | None = None) -> str:
+    """Write a classifier file atomically and return its model id (:func:`model_id`).
+
+    Parameters
+    ----------
+    model : the trained network (its spec is stored with the weights).
+    task, classes : the task name and the class names in logit order.
+    channels : input channel names in order (matched by name at inference).
+    patch_size : the stored patch edge the model was trained from; ``input_size`` the network input
+        edge (a centre crop of the patch when smaller).
+    metadata : JSON-able provenance (training settings, metrics).
+    children : hierarchical models only: lineage -> checkpoint dict (from :func:`classifier_checkpoint`).
+    """
+    ckpt = _checkpoint(model, task, classes, channels, patch_size, input_size, metadata)
+    if children:
+        ckpt["kind"] = HIERARCHICAL
+        ckpt["children"] = dict(children)
+    with atomic_output(path) as tmp:
+        torch.save(ckpt, tmp)
+    return model_id(path)
+
+
+def classifier_checkpoint(model: CellNet, task: str, classes: Sequence[str], channels: Sequence[str],
+                          patch_size: int, input_size: int | None = None, metadata: Mapping | None = None) -> dict:
+    """The dict :func:`save_classifier` writes, for nesting a sub-classifier in a hierarchical model."""
+    return _checkpoint(model, task, classes, channels, patch_size, input_size, metadata)
+
+
+def model_id(path: str | os.PathLike) -> str:
+    """The id of a model file: the first 12 hex digits of its SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+@dataclass
+class LoadedClassifier:
+    """A classifier ready for inference: network(s), classes, channels, sizes and id."""
+
+    task: str
+    classes: list[str]
+    channels: list[str]
+    patch_size: int
+    input_size: int
+    model: CellNet
+    model_id: str
+    path: str
+    metadata: dict = field(default_factory=dict)
+    children: dict[str, "LoadedClassifier"] = field(default_factory=dict)
+
+    @property
+    def output_classes(self) -> list[str]:
+        """The classes of the probabilities :func:`classifier_probabilities` returns (hierarchical: the leaves)."""
+        if not self.children:
+            return list(self.classes)
+        return [c for lineage in self.classes for c in self.children[lineage].classes]
+
+
+def _from_checkpoint(ckpt: dict, path: str, mid: str) -> LoadedClassifier:
+    if ckpt.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a hemoprofile cell classifier (format {ckpt.get('format')!r})")
+    if int(ckpt.get("format_version", 0)) > MODEL_FORMAT_VERSION:
+        raise ValueError(f"{path}: classifier format version {ckpt['format_version']} is newer than this code "
+                         f"({MODEL_FORMAT_VERSION}); update hemoprofile")
+    model = build_model(ckpt["spec"])
+    # files written before the input standardisation existed lack its buffers; their defaults
+    # (mean 0.5, std 1) are exactly what those models were trained with
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if unexpected or set(missing) - {"input_mean", "input_std"}:
+        raise ValueError(f"{path}: weights do not match the stored architecture (missing {missing}, "
+                         f"unexpected {unexpected})")
+    model = fuse_batchnorm(model.eval())  # inference only: batch norms folded into the convolutions
+    children = {k: _from_checkpoint(v, path, mid) for k, v in (ckpt.get("children") or {}).items()}
+    return LoadedClassifier(ckpt["task"], list(ckpt["classes"]), list(ckpt["channels"]), int(ckpt["patch_size"]),
+                            int(ckpt["input_size"]), model, mid, str(path), dict(ckpt.get("metadata") or {}), children)
+
+
+def load_classifier(path: str | os.PathLike) -> LoadedClassifier:
+    """Load a classifier file written by :func:`save_classifier` (no code is unpickled: ``weights_only``).
+
+    Raises
+    ------
+    FileNotFoundError / ValueError naming the file when it is missing or not a classifier.
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"classifier model file not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a corrupt or foreign file
+        raise ValueError(f"{path}: not a readable classifier file ({err})") from err
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a hemoprofile cell classifier")
+    return _from_checkpoint(ckpt, path, model_id(path))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Patches and labels on disk
+
+
+def open_patch_array(path: str | os.PathLike):
+    """Open a patches.zarr (N, C, P, P) read-only; return ``(array, channel_names, attributes)``.
+
+    Accepts the array at the folder's root (as :mod:`hemoprofile.extract` writes it) or a group holding
+    one 4-D array; attributes are read from the array, else the group (``hemoprofile`` key or top level).
+
+    Raises
+    ------
+    ValueError naming the path when it is not readable or holds no (N, C, P, P) array.
+    """
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as err:  # zarr raises several types for a missing or broken store
+        raise ValueError(f"{path}: not a readable zarr store ({err})") from err
+    group_attrs = {}
+    if isinstance(node, zarr.Group):
+        group_attrs = dict(node.attrs)
+        arrays = [a for _, a in node.arrays() if a.ndim == 4]
+        if len(arrays) != 1:
+            raise ValueError(f"{path}: expected one (N, C, P, P) array in the zarr group, found {len(arrays)}")
+        node = arrays[0]
+    if node.ndim != 4 or node.shape[-1] != node.shape[-2]:
+        raise ValueError(f"{path}: patches must be (N, C, P, P) with square patches, got shape {node.shape}")
+    attrs = dict(node.attrs)
+    meta = dict(attrs.get("hemoprofile") or group_attrs.get("hemoprofile") or {**group_attrs, **attrs})
+    names = meta.get("channel_names") or meta.get("channels")
+    if not names:
+        names = [f"channel_{i}" for i in range(node.shape[1])]
+        log.warning("%s: no channel names in the attributes; using %s", path, names)
+    if len(names) != node.shape[1]:
+        raise ValueError(f"{path}: {len(names)} channel names for {node.shape[1]} channels")
+    return node, [str(n) for n in names], meta
+
+
+def read_patch_rows(array, rows: np.ndarray | None = None, block: int = 4096) -> np.ndarray:
+    """Read the given rows (ascending indices; ``None``: all) of a patches array, in blocks of rows."""
+    if rows is None:
+        return np.asarray(array[:])
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return np.zeros((0, *array.shape[1:]), dtype=array.dtype)
+    if np.any(np.diff(rows) < 0):
+        raise ValueError("rows must be ascending")
+    out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+    # read contiguous spans and pick rows from them: far fewer chunk decodes than per-row reads
+    start = 0
+    while start < len(rows):
+        lo = rows[start]
+        stop = int(np.searchsorted(rows, lo + block, side="left"))
+        span = np.asarray(array[lo:rows[stop - 1] + 1])
+        out[start:stop] = span[rows[start:stop] - lo]
+        start = stop
+    return out
+
+
+def read_cells(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read cells.parquet (only ``columns`` when given) with an error naming the file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"cells table not found: {path}")
+    try:
+        import pyarrow.parquet as pq
+
+        available = pq.read_schema(path).names
+        if columns is not None:
+            missing = [c for c in columns if c not in available]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {missing}; has {available}")
+        return pd.read_parquet(path, columns=list(columns) if columns is not None else None)
+    except (OSError, ValueError) as err:
+        if isinstance(err, ValueError) and str(path) in str(err):
+            raise
+        raise ValueError(f"{path}: not a readable parquet table ({err})") from err
+
+
+def match_truth(cell_y: np.ndarray, cell_x: np.ndarray, truth_labels_path: str | os.PathLike) -> np.ndarray:
+    """The ground-truth cell id under each centroid (0: background or off the image).
+
+    Reads ``truth_labels.zarr`` one chunk at a time (only chunks holding centroids), so memory stays at a
+    chunk whatever the slide size. The centroid pixel is ``floor(y + 0.5), floor(x + 0.5)``, the
+    convention of :mod:`hemoprofile.extract`.
+    """
+    from hemoprofile.io import open_ome_zarr
+
+    array = open_ome_zarr(truth_labels_path).array
+    h, w = array.shape
+    cy, cx = array.chunks
+    yi = np.floor(np.asarray(cell_y, float) + 0.5).astype(np.int64)
+    xi = np.floor(np.asarray(cell_x, float) + 0.5).astype(np.int64)
+    out = np.zeros(len(yi), np.int64)
+    inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+    idx = np.flatnonzero(inside)
+    chunk = (yi[idx] // cy) * ((w + cx - 1) // cx) + xi[idx] // cx
+    order = np.argsort(chunk, kind="stable")
+    idx, chunk = idx[order], chunk[order]
+    bounds = np.flatnonzero(np.diff(chunk)) + 1
+    for group in np.split(idx, bounds):
+        if not len(group):
+            continue
+        y0 = (yi[group[0]] // cy) * cy
+        x0 = (xi[group[0]] // cx) * cx
+        block = np.asarray(array[y0:min(y0 + cy, h), x0:min(x0 + cx, w)])
+        out[group] = block[yi[group] - y0, xi[group] - x0]
+    return out
+
+
+def truth_cell_types(cells: pd.DataFrame, truth_labels_path: str | os.PathLike, truth_cells: pd.DataFrame,
+                     slide: str) -> np.ndarray:
+    """The ground-truth cell type of each segmented cell (``None`` where its centroid is on background).
+
+    Parameters
+    ----------
+    cells : the slide's cells.parquet (needs ``y`` and ``x`` centroid columns, pixels).
+    truth_labels_path : the slide's ``truth_labels.zarr``.
+    truth_cells : truth_cells.parquet (the slide's rows, or the whole cohort's: filtered by ``slide``).
+    """
+    for column in ("y", "x"):
+        if column not in cells.columns:
+            raise ValueError(f"cells of slide {slide} have no centroid column {column!r}; columns: {list(cells.columns)}")
+    truth = truth_cells
+    if "slide" in truth.columns:
+        truth = truth[truth["slide"] == slide]
+    lookup = dict(zip(truth["cell_id"].to_numpy(np.int64), truth["cell_type"].astype(str)))
+    ids = match_truth(cells["y"].to_numpy(), cells["x"].to_numpy(), truth_labels_path)
+    return np.array([lookup.get(int(i)) if i else None for i in ids], dtype=object)
+
+
+def read_label_table(path: str | os.PathLike, label_column: str = "label") -> pd.DataFrame:
+    """Read a labels table (CSV, TSV or parquet) with columns slide, cell_id and ``label_column``."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"labels table not found: {path}")
+    if path.endswith(".parquet"):
+        table = pd.read_parquet(path)
+    else:
+        table = pd.read_csv(path, sep="\t" if path.endswith((".tsv", ".txt")) else ",")
+    missing = [c for c in ("slide", "cell_id", label_column) if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: labels table lacks column(s) {missing}; has {list(table.columns)}")
+    return table
+
+
+@dataclass
+class SlideInput:
+    """One slide's inputs to classifier training: cells.parquet, patches.zarr and where labels come from.
+
+    ``group`` is what the split holds out (the patient, else the slide). ``truth_labels`` (truth source)
+    is the slide's ``truth_labels.zarr``; the cohort's ``truth_cells.parquet`` is passed once to
+    :func:`load_training_cells`.
+    """
+
+    slide: str
+    cells: str
+    patches: str
+    group: str | None = None
+    truth_labels: str | None = None
+
+
+def slide_raw_labels(item: SlideInput, cells: pd.DataFrame, label_source: str, *, label_column: str = "gate_label",
+                     truth_cells: pd.DataFrame | None = None, label_table: pd.DataFrame | None = None) -> np.ndarray:
+    """The raw label (cell type, gate label or collection label) of each cell of one slide, or ``None``."""
+    if label_source == "truth":
+        if item.truth_labels is None or truth_cells is None:
+            raise ValueError(f"slide {item.slide}: label_source 'truth' needs truth_labels.zarr and truth_cells.parquet")
+        return truth_cell_types(cells, item.truth_labels, truth_cells, item.slide)
+    if label_source in ("column", "collection"):
+        column = "label" if label_source == "collection" else label_column
+        if column not in cells.columns:
+            raise ValueError(f"{item.cells}: no label column {column!r} (label_source {label_source!r}); "
+                             f"columns: {list(cells.columns)}")
+        return np.array([v if isinstance(v, str) and v else None for v in cells[column]], dtype=object)
+    if label_source == "table":
+        if label_table is None:
+            raise ValueError("label_source 'table' needs a labels table (classify.labels_table)")
+        sub = label_table[label_table["slide"].astype(str) == item.slide]
+        lookup = dict(zip(sub["cell_id"].to_numpy(np.int64), sub[label_column].astype(str)))
+        return np.array([lookup.get(int(i)) for i in cells["cell_id"].to_numpy(np.int64)], dtype=object)
+    raise ValueError(f"unknown label_source {label_source!r}; allowed: {', '.join(LABEL_SOURCES)}")
+
+
+@dataclass
+class TrainingCells:
+    """Labelled cells gathered from slides: patches in memory plus their labels, groups and keys."""
+
+    patches: np.ndarray
+    labels: np.ndarray  # raw labels (cell type / gate label / collection label), object
+    groups: np.ndarray  # patient or slide, object
+    slides: np.ndarray
+    cell_ids: np.ndarray
+    channels: list[str]
+    patch_size: int
+
+
+def load_training_cells(items: Sequence[SlideInput], label_source: str, *, label_column: str = "gate_label",
+                        truth_cells: str | os.PathLike | pd.DataFrame | None = None,
+                        labels_table: str | os.PathLike | None = None, max_cells_per_label: int | None = None,
+                        seed: int = 0, progress: Callable[[str], None] | None = None) -> TrainingCells:
+    """Gather labelled cells of many slides into memory (at most ``max_cells_per_label`` per label and slide).
+
+    The cap keeps rare classes (CTCs) whole while bounding memory for the common ones; which cells are
+    kept is seeded. Unlabelled cells are skipped. All slides must share channel names and patch size.
+    """
+    progress = progress or (lambda m: log.info(m))
+    if isinstance(truth_cells, (str, os.PathLike)):
+        truth_cells = read_cells(truth_cells, ["slide", "cell_id", "cell_type"])
+    label_table = read_label_table(labels_table, label_column) if labels_table else None
+    rng = np.random.default_rng(seed)
+    parts, channels, size = [], None, None
+    for item in items:
+        array, names, _ = open_patch_array(item.patches)
+        # only the columns labels need: a real slide's table has millions of rows and dozens of columns
+        import pyarrow.parquet as pq
+
+        wanted = ["slide", "cell_id", "y", "x", "label", label_column, "patient", "group"]
+        available = pq.read_schema(item.cells).names if os.path.exists(item.cells) else wanted
+        cells = read_cells(item.cells, [c for c in dict.fromkeys(wanted) if c in available])
+        if len(cells) != array.shape[0]:
+            raise ValueError(f"{item.cells} has {len(cells)} rows but {item.patches} has {array.shape[0]} patches")
+        if channels is None:
+            channels, size = names, int(array.shape[-1])
+        elif names != channels or int(array.shape[-1]) != size:
+            raise ValueError(f"{item.patches}: channels {names} / patch size {array.shape[-1]} differ from the first "
+                             f"slide's {channels} / {size}")
+        raw = slide_raw_labels(item, cells, label_source, label_column=label_column, truth_cells=truth_cells,
+                               label_table=label_table)
+        keep = []
+        for value in sorted({v for v in raw if v is not None}):
+            idx = np.flatnonzero(raw == value)
+            if max_cells_per_label and len(idx) > max_cells_per_label:
+                idx = np.sort(rng.choice(idx, max_cells_per_label, replace=False))
+            keep.append(idx)
+        rows = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+        # a collection's labels.csv may name the patient (or another group) of each cell: hold those out
+        group_column = next((c for c in ("patient", "group") if c in cells.columns), None)
+        groups = (cells[group_column].astype(str).to_numpy(object)[rows] if group_column
+                  else np.full(len(rows), item.group or item.slide, object))
+        parts.append((read_patch_rows(array, rows), raw[rows], groups,
+                      np.full(len(rows), item.slide, object), cells["cell_id"].to_numpy(np.int64)[rows]))
+        progress(f"{item.slide}: {len(rows)} labelled cells of {len(cells)}")
+    if not parts:
+        raise ValueError("no slides given for training")
+    cat = [np.concatenate([p[i] for p in parts]) for i in range(5)]
+    return TrainingCells(cat[0], cat[1], cat[2], cat[3], cat[4], list(channels), int(size))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings of the ``classify`` config section
+
+#: Defaults of the ``classify`` config section (the schema in config/schemas carries the same).
+DEFAULT_CLASSIFY: dict = {
+    "tasks": ["lineage", "immune5", "ctc"],
+    "label_source": "truth",
+    "label_column": "gate_label",
+    "labels_table": "",
+    "models": {},
+    "max_cells_per_label": 3000,
+    "device": "auto",
+    "mixed_precision": True,
+    "batch_size": 1024,
+    "tta": 1,
+    "model": {"widths": [16, 32, 64, 128], "blocks": [1, 1, 1, 1], "dropout": 0.1, "stem_stride": None},
+    "train": {"epochs": 40, "minutes": 3.0, "batch_size": 64, "lr": 3e-3, "weight_decay": 5e-4, "warmup": 0.05,
+              "label_smoothing": 0.05, "ema_decay": 0.99, "patience": 8, "eval_every": 1, "balanced": True},
+    "augment": {"dihedral": True, "crop": None, "gain": 0.1, "offset": 0.03, "gamma": 0.0, "blur_sigma": 0.7,
+                "blur_p": 0.3, "channel_dropout": 0.1},
+    "split": {"val_fraction": 0.15, "test_fraction": 0.25},
+}
+
+
+def resolve_classify(cfg: Mapping | None) -> dict:
+    """Complete ``classify`` settings: :data:`DEFAULT_CLASSIFY` overridden (one level deep) by ``cfg``.
+
+    Raises
+    ------
+    ValueError naming an unknown key, task or label source.
+    """
+    out = copy.deepcopy(DEFAULT_CLASSIFY)
+    for key, value in (cfg or {}).items():
+        if key not in out:
+            raise ValueError(f"classify: unknown key {key!r}; allowed: {', '.join(sorted(out))}")
+        if isinstance(out[key], dict) and key != "models" and isinstance(value, Mapping):
+            unknown = set(value) - set(out[key])
+            if unknown:
+                raise ValueError(f"classify.{key}: unknown key(s) {sorted(unknown)}; allowed: {sorted(out[key])}")
+            out[key].update(value)
+        else:
+            out[key] = copy.deepcopy(value)
+    for task in out["tasks"]:
+        if task not in TASK_NAMES:
+            raise ValueError(f"classify.tasks: unknown task {task!r}; known: {', '.join(TASK_NAMES)}")
+    if out["label_source"] not in LABEL_SOURCES:
+        raise ValueError(f"classify.label_source {out['label_source']!r} not one of {LABEL_SOURCES}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training a task end to end
+
+
+def make_split(labels: np.ndarray, groups: np.ndarray | None, val_fraction: float, test_fraction: float,
+               seed: int, patches: np.ndarray | None = None) -> tuple[list[np.ndarray], dict]:
+    """Train / validation / test indices, held out by group where there are at least 3 groups.
+
+    With 3+ groups every part is whole groups (:func:`group_split`); with 2 the test part is one group
+    and validation is stratified within the other; with 1 (a collection) all parts are stratified by
+    class and cells whose patch is an exact copy of a training patch are dropped from validation and
+    test (:func:`patch_hashes`). Returns ``(parts, description)``.
+    """
+    n_groups = len(set(groups.tolist())) if groups is not None else 0
+    info: dict = {}
+    if n_groups >= 3:
+        parts = group_split(groups, labels, [val_fraction, test_fraction], seed)
+        info["held_out_by"] = "group"
+    elif n_groups == 2:
+        rest, test = group_split(groups, labels, [0.5], seed)
+        tr, va = stratified_split(labels[rest], [val_fraction / (1 - test_fraction)], seed)
+        parts = [rest[tr], rest[va], test]
+        info["held_out_by"] = "group (test); cells (validation)"
+    else:
+        parts = stratified_split(labels, [val_fraction, test_fraction], seed)
+        info["held_out_by"] = "cells (stratified; no slide/patient to hold out)"
+        if patches is not None:
+            train_hashes = set(patch_hashes(patches[parts[0]]).tolist())
+            for p in (1, 2):
+                dup = np.array([h in train_hashes for h in patch_hashes(patches[parts[p]])], bool)
+                info[f"duplicates_dropped_{'validation' if p == 1 else 'test'}"] = int(dup.sum())
+                parts[p] = parts[p][~dup]
+    if groups is not None:
+        for name, idx in zip(("train", "validation", "test"), parts):
+            info[f"{name}_groups"] = sorted(set(groups[idx].tolist()))
+    for name, idx in zip(("train", "validation", "test"), parts):
+        info[f"n_{name}"] = int(len(idx))
+    return parts, info
+
+
+def _spec_for(cfg: dict, n_channels: int, n_classes: int, input_size: int) -> CellNetSpec:
+    m = cfg["model"]
+    return CellNetSpec(in_channels=n_channels, n_classes=n_classes, patch_size=input_size,
+                       widths=tuple(m["widths"]), blocks=tuple(m["blocks"]), dropout=float(m["dropout"]),
+                       stem_stride=m.get("stem_stride"))
+
+
+def _fit_flat(patches, labels, classes, parts, cfg, seed, device, progress, name) -> tuple[FitResult, dict]:
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index.get(v, -1) for v in labels], np.int64)  # -1: outside these classes, in no part
+    train, val, test = parts
+    augment = AugmentConfig.from_dict(cfg["augment"])
+    input_size = augment.crop or patches.shape[-1]
+    settings = TrainSettings.from_dict({**cfg["train"], "tta": int(cfg["tta"]), "seed": int(seed)})
+    spec = _spec_for(cfg, patches.shape[1], len(classes), input_size)
+    counts = np.bincount(y[train], minlength=len(classes))
+    if (counts == 0).any():
+        progress(f"{name}: WARNING no training cells of class(es) "
+                 f"{[c for c, k in zip(classes, counts) if k == 0]}")
+    progress(f"{name}: training {count_parameters(build_model(spec)) / 1e6:.2f} M parameters on {len(train)} cells "
+             f"({dict(zip(classes, counts.tolist()))}), validation {len(val)}, test {len(test)}; {device.description}")
+    result = fit_classifier(patches[train], y[train], patches[val] if len(val) else None, y[val] if len(val) else None,
+                            spec, augment, settings, device, classes, lambda m: progress(f"{name}: {m}"))
+    return result, {"train_counts": dict(zip(classes, counts.tolist()))}
+
+
+def train_task(data: TrainingCells, task: str, cfg: Mapping, seed: int = 0, device: DeviceChoice | None = None,
+               progress: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+    """Train a classifier for ``task`` on gathered cells; return ``(checkpoint, metrics)``.
+
+    The checkpoint is the dict :func:`save_classifier` writes; metrics hold the held-out test split's
+    accuracy, balanced accuracy, macro F1, per-class precision/recall and confusion matrix, the
+    validation split's too, the split and the training history.
+    """
+    progress = progress or (lambda m: log.info(m))
+    cfg = resolve_classify(cfg)
+    device = device or pick_device(cfg["device"], bool(cfg["mixed_precision"]))
+    mapped = map_labels(data.labels, task)
+    keep = np.flatnonzero(mapped != None)  # noqa: E711  (object array: elementwise None test)
+    if len(keep) == 0:
+        raise ValueError(f"task {task}: none of the labels {sorted(set(map(str, data.labels)))[:10]} belongs to it")
+    labels, patches, groups = mapped[keep], data.patches[keep], data.groups[keep]
+    classes = task_classes(task, labels) if task == COLLECTION else task_classes(task)
+    parts, split_info = make_split(labels, groups, cfg["split"]["val_fraction"], cfg["split"]["test_fraction"],
+                                   seed, patches)
+    progress(f"{task}: split {split_info}")
+    augment = AugmentConfig.from_dict(cfg["augment"])
+    input_size = augment.crop or data.patch_size
+    meta = {"task": task, "label_source": cfg["label_source"], "settings": cfg, "seed": seed, "split": split_info,
+            "device": device.description, "package": _package_version()}
+    tta = int(cfg["tta"])
+    start = time.perf_counter()
+    if task != HIERARCHICAL:
+        result, extra = _fit_flat(patches, labels, classes, parts, cfg, seed, device, progress, task)
+        probs = {p: predict_proba(result.model, patches[idx], device, 512, tta, input_size).numpy()
+                 for p, idx in (("validation", parts[1]), ("test", parts[2]))}
+        ckpt = classifier_checkpoint(result.model, task, classes, data.channels, data.patch_size, input_size, meta)
+        training = {"epochs": result.epochs, "best_epoch": result.best_epoch, "stopped": result.stopped,
+                    "seconds": result.seconds, "history": result.history, **extra}
+    else:
+        lineage_of = np.array([LINEAGE_OF[v] for v in labels], dtype=object)
+        lineages = task_classes("lineage")
+        parent, extra = _fit_flat(patches, lineage_of, lineages, parts, cfg, seed, device, progress, "hierarchical/lineage")
+        children, training = {}, {"lineage": {"epochs": parent.epochs, "stopped": parent.stopped,
+                                              "seconds": parent.seconds, **extra}}
+        for k, lineage in enumerate(lineages):
+            sub_classes = [c for c in LEUKOCYTE_TYPES if LINEAGE_OF[c] == lineage]
+            sub_parts = [idx[lineage_of[idx] == lineage] for idx in parts]
+            child, extra = _fit_flat(patches, labels, sub_classes, sub_parts, cfg, seed + 1 + k, device, progress,
+                                     f"hierarchical/{lineage}")
+            children[lineage] = classifier_checkpoint(child.model, "immune6", sub_classes, data.channels,
+                                                      data.patch_size, input_size, meta)
+            training[lineage] = {"epochs": child.epochs, "stopped": child.stopped, "seconds": child.seconds, **extra}
+        ckpt = classifier_checkpoint(parent.model, "lineage", lineages, data.channels, data.patch_size, input_size, meta)
+        ckpt["kind"], ckpt["task"], ckpt["children"] = HIERARCHICAL, HIERARCHICAL, children
+        loaded = _from_checkpoint(ckpt, "<in memory>", "")
+        probs = {p: classifier_probabilities(loaded, patches[idx], device, 512, tta) for p, idx in
+                 (("validation", parts[1]), ("test", parts[2]))}
+    metrics = {"task": task, "classes": classes, "split": split_info, "training": training,
+               "seconds": time.perf_counter() - start}
+    index = {c: i for i, c in enumerate(classes)}
+    for part, idx in (("validation", parts[1]), ("test", parts[2])):
+        y_true = np.array([index[v] for v in labels[idx]], np.int64)
+        metrics[part] = classification_metrics(y_true, probs[part].argmax(1) if len(idx) else y_true, classes)
+    if task == HIERARCHICAL:  # also score the first level on its own
+        lin_index = {c: i for i, c in enumerate(task_classes("lineage"))}
+        y_true = np.array([lin_index[LINEAGE_OF[v]] for v in labels[parts[2]]], np.int64)
+        y_pred = np.array([lin_index[LINEAGE_OF[classes[i]]] for i in probs["test"].argmax(1)], np.int64)
+        metrics["test_lineage"] = classification_metrics(y_true, y_pred, task_classes("lineage"))
+    test = metrics["test"]
+    progress(f"{task}: test accuracy {test['accuracy']:.4f}, balanced {test['balanced_accuracy']:.4f}, "
+             f"macro F1 {test['macro_f1']:.4f} on {test['n']} held-out cells")
+    return ckpt, metrics
+
+
+def _package_version() -> str:
+    import hemoprofile
+
+    return hemoprofile.__version__
+
+
+def write_classifier(ckpt: dict, metrics: dict, out_model: str | os.PathLike, out_metrics: str | os.PathLike) -> str:
+    """Write a checkpoint and its metrics JSON atomically; the metrics get the model id. Returns the id."""
+    with atomic_output(out_model) as tmp:
+        torch.save(ckpt, tmp)
+    mid = model_id(out_model)
+    metrics = {**metrics, "model_id": mid, "model_file": os.path.basename(str(out_model))}
+    with atomic_output(out_metrics) as tmp:
+        Path(tmp).write_text(json.dumps(metrics, indent=2, default=_json_default))
+    return mid
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def train_classifier(items: Sequence[SlideInput], task: str, out_model: str | os.PathLike,
+                     out_metrics: str | os.PathLike, classify_cfg: Mapping | None = None, seed: int = 0,
+                     truth_cells: str | os.PathLike | None = None, threads: int | None = None,
+                     progress: Callable[[str], None] | None = None) -> dict:
+    """The ``train_classifier`` stage: gather labelled cells of all slides, train ``task``, write model + metrics.
+
+    Parameters
+    ----------
+    items : one :class:`SlideInput` per slide (cells.parquet, patches.zarr, group, truth labels).
+    task : a name of :data:`TASK_NAMES`.
+    out_model, out_metrics : ``results/models/classifier_<task>.pt`` and ``.metrics.json``.
+    classify_cfg : the ``classify`` config section.
+    seed : the workflow seed (initial weights, sampling, augmentation and the split).
+    truth_cells : the cohort's truth_cells.parquet (``label_source: truth``).
+    threads : CPU threads for torch.
+
+    Returns
+    -------
+    The metrics dict written to ``out_metrics`` (with ``model_id``).
+
+    Example
+    -------
+    >>> train_classifier([SlideInput("S1", "results/S1/cells.parquet", "results/S1/patches.zarr")],
+    ...                  "lineage", "m.pt", "m.metrics.json", {"label_source": "column"})  # doctest: +SKIP
+    """
+    progress = progress or (lambda m: log.info(m))
+    cfg = resolve_classify(classify_cfg)
+    device = pick_device(cfg["device"], bool(cfg["mixed_precision"]), threads=threads)
+    progress(f"device: {device.description}")
+    data = load_training_cells(items, cfg["label_source"], label_column=cfg["label_column"], truth_cells=truth_cells,
+                               labels_table=cfg["labels_table"] or None,
+                               max_cells_per_label=cfg["max_cells_per_label"], seed=seed, progress=progress)
+    ckpt, metrics = train_task(data, task, cfg, seed, device, progress)
+    mid = write_classifier(ckpt, metrics, out_model, out_metrics)
+    progress(f"wrote {out_model} (model id {mid}) and {out_metrics}")
+    return {**metrics, "model_id": mid}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inference
+
+
+def _prepare_input(x: torch.Tensor, index: list[int | None], input_size: int) -> torch.Tensor:
+    """Reorder channels to the model's (a missing channel becomes zeros, as in channel dropout) and
+    centre-crop or zero-pad to the model's input size."""
+    if index != list(range(x.shape[1])):
+        out = torch.zeros((x.shape[0], len(index), *x.shape[2:]), dtype=x.dtype)
+        for i, j in enumerate(index):
+            if j is not None:
+                out[:, i] = x[:, j]
+        x = out
+    size = x.shape[-1]
+    if size > input_size:
+        x = centre_crop(x, input_size)
+    elif size < input_size:
+        lo = (input_size - size) // 2
+        x = F.pad(x, (lo, input_size - size - lo, lo, input_size - size - lo))
+    return x
+
+
+def channel_index(model_channels: Sequence[str], patch_channels: Sequence[str], where: str = "") -> list[int | None]:
+    """Position in ``patch_channels`` of each model channel (``None``: absent, fed as zeros).
+
+    When no name matches but the counts agree (e.g. an RGB collection named differently), channels are
+    taken by position, with a warning; when nothing matches otherwise, a ValueError names both lists.
+    """
+    names = list(patch_channels)
+    index = [names.index(c) if c in names else None for c in model_channels]
+    if all(i is None for i in index):
+        if len(model_channels) == len(names):
+            log.warning("%s: no channel names match the model's %s; using channels %s by position",
+                        where, list(model_channels), names)
+            return list(range(len(names)))
+        raise ValueError(f"{where}: none of the model's channels {list(model_channels)} is among {names}")
+    missing = [c for c, i in zip(model_channels, index) if i is None]
+    if missing:
+        log.warning("%s: channel(s) %s absent; the model sees them as zeros", where, missing)
+    return index
+
+
+@torch.no_grad()
+def classifier_probabilities(clf: LoadedClassifier, patches, device: DeviceChoice, batch_size: int = 1024,
+                             tta: int = 1, patch_channels: Sequence[str] | None = None,
+                             index: list[int | None] | None = None) -> np.ndarray:
+    """Class probabilities (N, len(clf.output_classes)) for patches (N, C, P, P) as stored.
+
+    Channels are matched by name when ``patch_channels`` is given (or by a precomputed ``index`` from
+    :func:`channel_index`), else taken in order. Hierarchical models give p(lineage) x p(type | lineage)
+    for each leaf class.
+    """
+    if index is None:
+        index = channel_index(clf.channels, patch_channels, clf.path) if patch_channels is not None else \
+            list(range(len(clf.channels)))
+    model = clf.model.to(device.device)
+    children = {k: c.model.to(device.device) for k, c in clf.children.items()}
+    out = []
+    for start in range(0, len(patches), batch_size):
+        x = _prepare_input(_to_unit_float(np.asarray(patches[start:start + batch_size])), index, clf.input_size)
+        p = predict_proba(model, x, device, len(x) or 1, tta)
+        if children:
+            leaves = [p[:, k:k + 1] * predict_proba(children[lin], x, device, len(x) or 1, tta)
+                      for k, lin in enumerate(clf.classes)]
+            p = torch.cat(leaves, 1)
+        out.append(p.numpy().astype(np.float32))
+    return np.concatenate(out) if out else np.zeros((0, len(clf.output_classes)), np.float32)
+
+
+def prediction_columns(clf: LoadedClassifier) -> list[str]:
+    """Column names ``p_<task>_<class>`` of a classifier's probabilities."""
+    return [f"p_{clf.task}_{c}" for c in clf.output_classes]
+
+
+def classify_slide(patches_path: str | os.PathLike, cells_path: str | os.PathLike, model_paths: Sequence[str],
+                   out_path: str | os.PathLike, device: str = "auto", mixed_precision: bool = True,
+                   batch_size: int = 1024, tta: int = 1, threads: int | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict:
+    """The ``classify`` stage: predict every cell of a slide with each model; write predictions.parquet.
+
+    Reads patches.zarr block by block (``batch_size`` cells), so memory is bounded whatever the slide
+    size, and streams row groups to parquet. Columns: slide, cell_id, then per model ``p_<task>_<class>``
+    (float32), ``pred_<task>`` (string, the most probable class) and ``model_<task>`` (model id).
+
+    Returns
+    -------
+    dict with slide, n_cells, seconds, cells_per_second, device, model ids.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    progress = progress or (lambda m: log.info(m))
+    dev = pick_device(device, mixed_precision, threads=threads)
+    array, channels, _ = open_patch_array(patches_path)
+    cells = read_cells(cells_path, ["slide", "cell_id"])
+    if len(cells) != array.shape[0]:
+        raise ValueError(f"{cells_path} has {len(cells)} rows but {patches_path} has {array.shape[0]} patches")
+    models = [load_classifier(p) for p in model_paths]
+    tasks = [m.task for m in models]
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"two models for the same task among {list(model_paths)}: {tasks}")
+    # matched once per model (fails early on disjoint channels, warns once about absent ones)
+    indices = [channel_index(m.channels, channels, f"{m.path} on {patches_path}") for m in models]
+    fields = [pa.field("slide", pa.string()), pa.field("cell_id", pa.int64())]
+    for m in models:
+        fields += [pa.field(c, pa.float32()) for c in prediction_columns(m)]
+        fields += [pa.field(f"pred_{m.task}", pa.string()), pa.field(f"model_{m.task}", pa.string())]
+    schema = pa.schema(fields, metadata={"hemoprofile": json.dumps(
+        {"models": {m.task: {"id": m.model_id, "file": m.path, "classes": m.output_classes} for m in models},
+         "device": dev.description, "tta": tta, "patches": str(patches_path)})})
+    n = len(cells)
+    start, done, last_report = time.perf_counter(), 0, 0.0
+    progress(f"{n} cells, {len(models)} model(s) {tasks}, {dev.description}")
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(lo):
+        return np.asarray(array[lo:min(lo + batch_size, n)])
+
+    # the next block is read and decompressed (Blosc releases the GIL) while this one is classified
+    with atomic_output(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(read, 0) if n else None
+        for lo in range(0, n, batch_size):
+            hi = min(lo + batch_size, n)
+            block = pending.result()
+            if hi < n:
+                pending = pool.submit(read, hi)
+            cols = {"slide": pa.array(cells["slide"].iloc[lo:hi].astype(str).tolist(), pa.string()),
+                    "cell_id": pa.array(cells["cell_id"].iloc[lo:hi].to_numpy(np.int64))}
+            for m, index in zip(models, indices):
+                p = classifier_probabilities(m, block, dev, batch_size, tta, index=index)
+                for j, name in enumerate(prediction_columns(m)):
+                    cols[name] = pa.array(p[:, j])
+                classes = np.array(m.output_classes, dtype=object)
+                cols[f"pred_{m.task}"] = pa.array(classes[p.argmax(1)].tolist() if len(p) else [], pa.string())
+                cols[f"model_{m.task}"] = pa.array([m.model_id] * (hi - lo), pa.string())
+            writer.write_table(pa.table([cols[f.name] for f in schema], schema=schema))
+            done = hi
+            elapsed = time.perf_counter() - start
+            if elapsed - last_report >= 10 or done == n:
+                last_report = elapsed
+                progress(f"{done}/{n} cells, {done / max(elapsed, 1e-9):.0f} cells/s")
+        if n == 0:
+            writer.write_table(schema.empty_table())
+    seconds = time.perf_counter() - start
+    rate = n / seconds if seconds > 0 else float("inf")
+    progress(f"wrote {out_path}: {n} cells in {seconds:.1f} s ({rate:.0f} cells/s)")
+    return {"slide": str(cells["slide"].iloc[0]) if n else None, "n_cells": n, "seconds": seconds,
+            "cells_per_second": rate, "device": dev.description, "models": {m.task: m.model_id for m in models}}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line: single-cell collections (a folder in the PBC layout)
+
+#: Defaults of ``hemoprofile train-classifier`` on a collection of RGB crops (bench/pbc.py measures them).
+CLI_PATCH_SIZE = 112
+CLI_CROP_MARGIN = 8
+
+
+def _ingest(folder: Path, work: Path, patch_size: int, progress: Callable[[str], None]) -> tuple[Path, Path]:
+    """Ingest a collection folder (:func:`hemoprofile.collection.ingest_collection`); return (cells, patches).
+
+    An earlier ingestion in ``work`` at the same patch size is reused (``--work`` keeps it between runs).
+    """
+    from hemoprofile.collection import ingest_collection
+
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"collection folder not found: {folder}")
+    cells, patches = work / "cells.parquet", work / "patches.zarr"
+    if cells.exists() and patches.exists():
+        try:
+            array, _, meta = open_patch_array(patches)
+            if int(array.shape[-1]) == int(patch_size) and meta.get("source") == str(folder):
+                progress(f"reusing {patches} ({array.shape[0]} cells)")
+                return cells, patches
+        except ValueError:
+            pass
+    work.mkdir(parents=True, exist_ok=True)
+    ingest_collection(folder, cells, patches, int(patch_size), progress=progress)
+    return cells, patches
+
+
+def _work_dir(args, tag: str):
+    """The ``--work`` folder (kept), or a temporary folder removed afterwards."""
+    import contextlib
+    import tempfile
+
+    if getattr(args, "work", None):
+        return contextlib.nullcontext(Path(args.work))
+    return _TemporaryFolder(tempfile.mkdtemp(prefix=f"hemoprofile-{tag}-"))
+
+
+class _TemporaryFolder:
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
+    return values
+
+
+def add_train_classifier_parser(subparsers) -> None:
+    """Add ``hemoprofile train-classifier COLLECTION_DIR --out MODEL`` to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "train-classifier",
+        help="train a cell classifier on a labelled single-cell collection (PBC layout)",
+        description="Train a CellNet from scratch on a folder of labelled single-cell crops "
+                    "(images/<class>/*.jpg + labels.csv with path,label). Writes MODEL and MODEL's "
+                    "metrics next to it (<MODEL stem>.metrics.json), scored on a held-out stratified split.",
+    )
+    p.add_argument("collection", type=Path, metavar="COLLECTION_DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL", help="model file to write (.pt)")
+    p.add_argument("--metrics", type=Path, help="metrics JSON (default: MODEL with .metrics.json)")
+    p.add_argument("--epochs", type=int, default=60, help="maximum epochs (default 60)")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock training budget in minutes")
+    p.add_argument("--patch-size", type=int, default=CLI_PATCH_SIZE,
+                   help=f"patch edge the collection is read at (default {CLI_PATCH_SIZE})")
+    p.add_argument("--crop-margin", type=int, default=CLI_CROP_MARGIN,
+                   help=f"network input = patch size - margin; random crops translate cells (default {CLI_CROP_MARGIN})")
+    p.add_argument("--widths", type=_widths, default=[32, 64, 128, 256], help="stage widths (default 32,64,128,256)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--patience", type=int, default=10, help="evaluations without improvement before stopping (0: never)")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--channel-dropout", type=float, default=0.0)
+    p.add_argument("--tta", type=int, default=8, choices=(1, 2, 4, 8), help="dihedral TTA at evaluation (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--work", type=Path, help="keep the ingested patches here (default: a temporary folder)")
+    p.set_defaults(func=train_classifier_command)
+
+
+def train_classifier_command(args) -> int:
+    """Run ``hemoprofile train-classifier``: ingest the collection, train task ``collection``, write model + metrics."""
+    def progress(message):
+        print(message, flush=True)
+
+    size = int(args.patch_size)
+    crop = size - int(args.crop_margin) if args.crop_margin and size - int(args.crop_margin) >= 8 else None
+    cfg = {
+        "label_source": "collection", "device": args.device, "tta": args.tta, "max_cells_per_label": None,
+        "model": {"widths": list(args.widths), "blocks": [1] * len(args.widths), "dropout": 0.1, "stem_stride": None},
+        "train": {"epochs": args.epochs, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
+                  "weight_decay": args.weight_decay, "label_smoothing": 0.1, "ema_decay": 0.995,
+                  "patience": args.patience, "eval_every": 1, "balanced": True},
+        "augment": {"dihedral": True, "crop": crop, "gain": 0.08, "offset": 0.03, "gamma": 0.0, "blur_sigma": 0.6,
+                    "blur_p": 0.25, "channel_dropout": args.channel_dropout},
+        "split": {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction},
+    }
+    metrics_path = args.metrics or args.out.with_name(args.out.stem + ".metrics.json")
+    with _work_dir(args, "train") as work:
+        cells, patches = _ingest(args.collection, work, size, progress)
+        device = pick_device(args.device, threads=args.threads)
+        progress(f"device: {device.description}")
+        data = load_training_cells([SlideInput(args.collection.name, str(cells), str(patches))], "collection",
+                                   seed=args.seed, progress=progress)
+        ckpt, metrics = train_task(data, COLLECTION, cfg, args.seed, device, progress)
+    mid = write_classifier(ckpt, metrics, args.out, metrics_path)
+    progress(format_confusion(metrics["test"]))
+    progress(f"wrote {args.out} (model id {mid}) and {metrics_path}")
+    return 0
+
+
+def add_classify_parser(subparsers) -> None:
+    """Add ``hemoprofile classify COLLECTION_DIR --model MODEL --out predictions.csv`` to a subparsers object."""
+    p = subparsers.add_parser(
+        "classify",
+        help="classify the cells of a single-cell collection with a trained model",
+        description="Predict every image of a collection folder (images/**/*.jpg|png|tif; labels.csv optional). "
+                    "Writes a CSV with path, predicted_label and one p_<class> column per class; when the "
+                    "collection has labels, prints accuracy, macro F1 and the confusion matrix.",
+    )
+    p.add_argument("collection", type=Path, metavar="COLLECTION_DIR")
+    p.add_argument("--model", type=Path, required=True, metavar="MODEL")
+    p.add_argument("--out", type=Path, required=True, metavar="CSV")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--work", type=Path, help="keep the ingested patches here (default: a temporary folder)")
+    p.set_defaults(func=classify_command)
+
+
+def classify_command(args) -> int:
+    """Run ``hemoprofile classify`` on a collection folder; write the predictions CSV atomically."""
+    def progress(message):
+        print(message, flush=True)
+
+    clf = load_classifier(args.model)
+    device = pick_device(args.device, threads=args.threads)
+    with _work_dir(args, "classify") as work:
+        cells_path, patches_path = _ingest(args.collection, work, clf.patch_size, progress)
+        cells = read_cells(cells_path)
+        array, channels, _ = open_patch_array(patches_path)
+        index = channel_index(clf.channels, channels, f"{args.model} on {args.collection}")
+        start = time.perf_counter()
+        probs = []
+        for lo in range(0, array.shape[0], args.batch_size):
+            probs.append(classifier_probabilities(clf, np.asarray(array[lo:lo + args.batch_size]), device,
+                                                  args.batch_size, args.tta, index=index))
+        probs = np.concatenate(probs) if probs else np.zeros((0, len(clf.output_classes)), np.float32)
+        seconds = time.perf_counter() - start
+    classes = clf.output_classes
+    path_column = "path" if "path" in cells.columns else None
+    out = pd.DataFrame({"path": cells[path_column] if path_column else cells["cell_id"].astype(str)})
+    out["predicted_label"] = np.array(classes, dtype=object)[probs.argmax(1)] if len(probs) else []
+    for j, c in enumerate(classes):
+        out[f"p_{c}"] = probs[:, j]
+    with atomic_output(args.out) as tmp:
+        out.to_csv(tmp, index=False)
+    progress(f"{len(out)} cells in {seconds:.1f} s ({len(out) / max(seconds, 1e-9):.0f} cells/s, {device.description}); "
+             f"model {clf.model_id}; wrote {args.out}")
+    if "label" in cells.columns and cells["label"].notna().any():
+        known = cells["label"].isin(classes).to_numpy()
+        if known.any():
+            index = {c: i for i, c in enumerate(classes)}
+            m = classification_metrics([index[v] for v in cells["label"][known]], probs[known].argmax(1), classes)
+            progress(f"against labels.csv: accuracy {m['accuracy']:.4f}, balanced accuracy "
+                     f"{m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {m['n']} labelled cells")
+            progress(format_confusion(m))
+    return 0

@@ -1,0 +1,22 @@
+"""Snakemake adapter: predict every cell of one slide with each task's classifier
+(hemoprofile.classify.classify_slide)."""
+import logging
+
+import package_path  # noqa: F401  (src/ on sys.path)
+from hemoprofile.classify import classify_slide
+from hemoprofile.runlog import job_progress
+
+progress = job_progress(snakemake.log[0], f"classify {snakemake.wildcards.slide}")
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
+classify_slide(
+    snakemake.input.patches,
+    snakemake.input.cells,
+    list(snakemake.input.models),
+    snakemake.output.predictions,
+    device=snakemake.params.device,
+    mixed_precision=snakemake.params.mixed_precision,
+    batch_size=snakemake.params.batch_size,
+    tta=snakemake.params.tta,
+    threads=snakemake.threads,
+    progress=progress,
+)
