@@ -15,6 +15,7 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/classify.smk"
+include: "workflow/rules/embed.smk"
 
 
 rule all:

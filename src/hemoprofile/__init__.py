@@ -14,4 +14,5 @@ STAGE_VERSIONS = {
     "segment": 1,
     "extract": 1,
     "classify": 1,
+    "embed": 1,
 }

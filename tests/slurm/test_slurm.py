@@ -56,6 +56,9 @@ TINY_CONFIG = {
         },
     },
     "tile": {"size": 128},
+    # small, fast models: these tests check the plumbing, not the accuracy
+    "classify": {"tasks": ["lineage"], "max_cells_per_label": 200, "train": {"epochs": 2, "minutes": 0.2}},
+    "embed": {"widths": [8, 16], "cells_per_slide": 200, "train": {"epochs": 2}, "cluster": {"k_max": 4}},
     "preprocess": {"sample_tiles": 4},
 }
 

@@ -30,6 +30,9 @@ TINY_CONFIG = {
     },
     # 256 px slides in 96 px tiles: edge tiles are partial, so sizes that are not multiples are covered
     "tile": {"size": 96},
+    # small, fast models: these tests check the plumbing, not the accuracy
+    "classify": {"tasks": ["lineage"], "max_cells_per_label": 200, "train": {"epochs": 2, "minutes": 0.2}},
+    "embed": {"widths": [8, 16], "cells_per_slide": 200, "train": {"epochs": 2}, "cluster": {"k_max": 4}},
     "preprocess": {
         "sample_tiles": 4,
         "channels": {"DAPI": {"denoise": {"enabled": True, "iterations": 5}}, "CK": {"clahe": {"enabled": True, "kernel_size": 32}}},

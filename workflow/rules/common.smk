@@ -112,12 +112,58 @@ def classifier_outputs():
     return outputs + expand(f"{RESULTS}/{{slide}}/predictions.parquet", slide=SLIDES)
 
 
+# --- unsupervised latent space (rules in embed.smk) ---
+
+EMBED = config["embed"]
+EMBED_VERSION = stage_version("embed")
+EMBED_FIGURES = f"{RESULTS}/cohort/embedding"
+# The maps coloured by predicted class wait for every slide's predictions.parquet.
+EMBED_PREDICTIONS = bool(EMBED["figures"]["colour_by_prediction"])
+
+
+def embed_sheet(slide):
+    """The sample-sheet fields the embedder conditions on or colours by (batch defaults to the slide)."""
+    row = sample(slide)
+    batch = row.get("batch")
+    return {
+        "patient": str(row["patient"]),
+        "condition": str(row["condition"]),
+        "batch": slide if batch is None or pd.isna(batch) or str(batch) == "" else str(batch),
+    }
+
+
+def embed_cohort_inputs(wildcards):
+    """Every slide's cells and patches, plus the synthetic truth (labels for the metrics only)."""
+    inputs = {
+        "cells": expand(f"{RESULTS}/{{slide}}/cells.parquet", slide=SLIDES),
+        "patches": expand(f"{RESULTS}/{{slide}}/patches.zarr", slide=SLIDES),
+    }
+    if SYNTHETIC:
+        inputs["truth_cells"] = f"{SYNTHETIC_DIR}/truth_cells.parquet"
+        inputs["truth_labels"] = expand(f"{SYNTHETIC_DIR}/{{slide}}/truth_labels.zarr", slide=SLIDES)
+    return inputs
+
+
+def embedding_figure_outputs():
+    """The cohort figures (keys of hemoprofile.latent_maps.FIGURE_KEYS) -> paths."""
+    keys = ["cluster", "slide", "condition", "batch", "reconstructions"]
+    if SYNTHETIC:
+        keys.append("label")
+    if EMBED_PREDICTIONS:
+        keys.append("prediction")
+    names = {k: f"map_{k}" for k in keys}
+    names["reconstructions"] = "reconstructions"
+    return {k: f"{EMBED_FIGURES}/{names[k]}.png" for k in keys}
+
+
 def all_outputs():
     outputs = expand(f"{RESULTS}/{{slide}}/preprocessed.zarr", slide=SLIDES)
     outputs += expand(f"{RESULTS}/{{slide}}/labels.zarr", slide=SLIDES)
     for name in ("cells.parquet", "patches.zarr", "clusters.parquet"):
         outputs += expand(f"{RESULTS}/{{slide}}/{name}", slide=SLIDES)
     outputs += classifier_outputs()
+    outputs += expand(f"{RESULTS}/{{slide}}/embedding.parquet", slide=SLIDES)
+    outputs += [f"{RESULTS}/models/embedder.metrics.json", f"{EMBED_FIGURES}/metrics.json"]
     if SYNTHETIC:
         outputs.append(f"{SYNTHETIC_DIR}/truth_cells.parquet")
     return outputs
