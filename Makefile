@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@echo "== running the workflow on the synthetic cohort (outputs in results/) =="
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
-	@echo "== done: see results/<slide>/image.zarr, results/<slide>/preprocessed.zarr, results/synthetic/ =="
+	@echo "== done: outputs under results/ (README.md, section What the demo writes, lists them) =="
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
