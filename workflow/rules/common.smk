@@ -15,6 +15,19 @@ try:
 except ConfigError as err:
     raise WorkflowError(f"configuration: {err}") from None
 
+
+
+def checkout_path(path):
+    """A relative path missing from the working directory but present in the checkout (the bundled
+    models) -> the checkout's copy, so `snakemake -d elsewhere` still finds models/."""
+    bundled = os.path.join(workflow.basedir, path)
+    if path and not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(bundled):
+        return bundled
+    return path
+
+
+config["segment"]["model"] = checkout_path(config["segment"]["model"])
+
 RESULTS = config["results"]
 SYNTHETIC = config["synthetic"]["enabled"]
 SYNTHETIC_DIR = f"{RESULTS}/synthetic"

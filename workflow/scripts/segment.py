@@ -1,4 +1,5 @@
 """Snakemake adapter: segment one slide (hemoprofile.stitch.segment_slide)."""
+import package_path  # noqa: F401  (src/ on sys.path)
 import logging
 
 from hemoprofile.runlog import job_progress
