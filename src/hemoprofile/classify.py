@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from hemoprofile.augment import AugmentConfig, augment_batch, centre_crop, dihedral, to_unit_float
 from hemoprofile.cnn import CellNet, CellNetSpec, WeightEMA, build_model, count_parameters, fuse_batchnorm
 from hemoprofile.devices import DeviceChoice, pick_device
-from hemoprofile.io import atomic_output
+from hemoprofile.io import atomic_output, model_id
 
 log = logging.getLogger(__name__)
 
@@ -562,15 +562,6 @@ def classifier_checkpoint(model: CellNet, task: str, classes: Sequence[str], cha
                           patch_size: int, input_size: int | None = None, metadata: Mapping | None = None) -> dict:
     """The dict :func:`save_classifier` writes, for nesting a sub-classifier in a hierarchical model."""
     return _checkpoint(model, task, classes, channels, patch_size, input_size, metadata)
-
-
-def model_id(path: str | os.PathLike) -> str:
-    """The id of a model file: the first 12 hex digits of its SHA-256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
 
 
 @dataclass

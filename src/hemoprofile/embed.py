@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -51,7 +50,7 @@ import torch
 import hemoprofile
 from hemoprofile.augment import random_dihedral
 from hemoprofile.devices import DeviceChoice, pick_device
-from hemoprofile.io import atomic_output
+from hemoprofile.io import atomic_output, model_id
 from hemoprofile.vae import ConvVAE, VAESpec, build_vae, vae_loss
 
 log = logging.getLogger(__name__)
@@ -958,15 +957,6 @@ def save_embedder(path: str | os.PathLike, model: ConvVAE, condition_on: str, ca
     with atomic_output(path) as tmp:
         torch.save(ckpt, tmp)
     return model_id(path)
-
-
-def model_id(path: str | os.PathLike) -> str:
-    """SHA-256 of the model file, first 12 hex digits."""
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
 
 
 def load_embedder(path: str | os.PathLike) -> Embedder:

@@ -14,6 +14,7 @@ A label image (``labels.zarr``, ``truth_labels.zarr``) is the same with axes (y,
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -282,3 +283,12 @@ def frame_grid_position(frame: int, rows: int, cols: int, order: str = "row-majo
     if order == "snake" and row % 2 == 1:
         col = cols - 1 - col
     return row, col
+
+
+def model_id(path: str | os.PathLike) -> str:
+    """The id of a model file: the first 12 hex digits of its SHA-256 (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
