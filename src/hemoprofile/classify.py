@@ -629,6 +629,23 @@ def load_classifier(path: str | os.PathLike) -> LoadedClassifier:
 # Patches and labels on disk
 
 
+def check_slide_patches(item, n_cells: int, array, names, channels, size):
+    """Check one slide's patches against its cells table and against the first slide's patches.
+
+    Returns the cohort's ``(channels, patch size)``: taken from this slide when ``channels`` is None (the
+    first slide), else the ones given. Raises ``ValueError`` naming the files when the row counts differ
+    or the channels / patch size differ from the first slide's.
+    """
+    if n_cells != array.shape[0]:
+        raise ValueError(f"{item.cells} has {n_cells} rows but {item.patches} has {array.shape[0]} patches")
+    if channels is None:
+        return names, int(array.shape[-1])
+    if names != channels or int(array.shape[-1]) != size:
+        raise ValueError(f"{item.patches}: channels {names} / patch size {array.shape[-1]} differ from the first "
+                         f"slide's {channels} / {size}")
+    return channels, size
+
+
 def open_patch_array(path: str | os.PathLike):
     """Open a patches.zarr (N, C, P, P) read-only; return ``(array, channel_names, attributes)``.
 
@@ -846,13 +863,7 @@ def load_training_cells(items: Sequence[SlideInput], label_source: str, *, label
         wanted = ["slide", "cell_id", "y", "x", "label", label_column, "patient", "group"]
         available = pq.read_schema(item.cells).names if os.path.exists(item.cells) else wanted
         cells = read_cells(item.cells, [c for c in dict.fromkeys(wanted) if c in available])
-        if len(cells) != array.shape[0]:
-            raise ValueError(f"{item.cells} has {len(cells)} rows but {item.patches} has {array.shape[0]} patches")
-        if channels is None:
-            channels, size = names, int(array.shape[-1])
-        elif names != channels or int(array.shape[-1]) != size:
-            raise ValueError(f"{item.patches}: channels {names} / patch size {array.shape[-1]} differ from the first "
-                             f"slide's {channels} / {size}")
+        channels, size = check_slide_patches(item, len(cells), array, names, channels, size)
         raw = slide_raw_labels(item, cells, label_source, label_column=label_column, truth_cells=truth_cells,
                                label_table=label_table)
         keep = []

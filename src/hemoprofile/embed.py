@@ -205,7 +205,7 @@ def load_sample(items: Sequence[EmbedSlide], cells_per_slide: int, condition_on:
     ------
     ValueError naming the files when rows and patches disagree or slides differ in channels/patch size.
     """
-    from hemoprofile.classify import open_patch_array, read_patch_rows
+    from hemoprofile.classify import check_slide_patches, open_patch_array, read_patch_rows
 
     say = progress or (lambda m: log.info(m))
     truth = _truth_table(truth_cells)
@@ -215,13 +215,7 @@ def load_sample(items: Sequence[EmbedSlide], cells_per_slide: int, condition_on:
     for i, item in enumerate(items):
         array, names, _ = open_patch_array(item.patches)
         cells = _read_cells(item, with_position=bool(item.truth_labels and truth is not None))
-        if len(cells) != array.shape[0]:
-            raise ValueError(f"{item.cells} has {len(cells)} rows but {item.patches} has {array.shape[0]} patches")
-        if channels is None:
-            channels, size = names, int(array.shape[-1])
-        elif names != channels or int(array.shape[-1]) != size:
-            raise ValueError(f"{item.patches}: channels {names} / patch size {array.shape[-1]} differ from the "
-                             f"first slide's {channels} / {size}")
+        channels, size = check_slide_patches(item, len(cells), array, names, channels, size)
         n = len(cells)
         rng = np.random.default_rng([int(seed), i])
         rows = np.sort(rng.choice(n, min(n, int(cells_per_slide)), replace=False)) if n else np.zeros(0, np.int64)
