@@ -238,7 +238,7 @@ def gate_table(table, gating_cfg: Mapping | None = None) -> tuple[np.ndarray, li
     -------
     >>> import pandas as pd
     >>> df = pd.DataFrame({"mean_CD45": [10.0, 10, 10, 1], "mean_CK": [1.0, 1, 1, 50],
-    ...                    "max_DAPI": [9.0] * 4})
+    ...                    "max_DAPI": [9.0] * 4, "area": [60.0, 60, 60, 300]})
     >>> gate_table(df)[0].tolist()
     ['leukocyte', 'leukocyte', 'leukocyte', 'CTC']
     """

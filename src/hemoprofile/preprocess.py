@@ -2,7 +2,8 @@
 
 Each channel goes through four switchable steps, in this order:
 
-1. ``percentile_clip`` — clip to the channel's global ``[p_low, p_high]`` percentiles.
+1. ``percentile_clip`` — clip to the channel's global ``[p_low, p_high]`` percentiles (the upper one
+   optionally floored at median + k background-noise sigmas, :func:`clip_range`).
 2. ``normalise`` — rescale to [0, 1] by the global range (the percentile range when clipping, else the
    sampled min..max). When disabled, a fixed map with no statistics: integers divided by their dtype's
    maximum (uint16 / 65535, uint8 / 255), floats unchanged; both then clipped to [0, 1].
@@ -348,13 +349,49 @@ def _percentile(stats: dict, q: float) -> float:
         ) from None
 
 
+#: Robust background-noise sigma from the dark half of a histogram: (median - p5) / z(0.95).
+_NOISE_LOW_PERCENTILE, _NOISE_Z = 5.0, 1.6448536269514722
+
+
+def background_noise_sigma(stats: dict) -> float:
+    """Robust estimate of a channel's background noise: (median - 5th percentile) / 1.645.
+
+    Cells are bright and cover well under half of a blood-cell slide, so the dark half of the histogram
+    is background; for Gaussian noise this is its standard deviation.
+
+    >>> round(background_noise_sigma({"percentiles": {"5.0": 283.55, "50.0": 300.0}}), 3)
+    10.001
+    """
+    return max(0.0, (_percentile(stats, 50.0) - _percentile(stats, _NOISE_LOW_PERCENTILE)) / _NOISE_Z)
+
+
+def clip_range(settings: dict, stats: dict) -> tuple[float, float]:
+    """The (lo, hi) that ``percentile_clip`` clips to: the slide's percentiles ``low`` and ``high``, with
+    hi raised to at least median + ``min_high_noise_sigmas`` x :func:`background_noise_sigma`.
+
+    The floor matters for rare-event channels such as CK: a slide without CK+ cells has only noise at
+    its 99.9th percentile, and stretching that to full range would make the cells of negative slides
+    look CK-bright (a condition-linked artefact downstream).
+    """
+    clip = _step(settings, "percentile_clip")
+    low, high = float(clip["low"]), float(clip["high"])
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"percentile_clip needs 0 <= low < high <= 100, got {low}, {high}")
+    lo, hi = _percentile(stats, low), _percentile(stats, high)
+    k = float(clip.get("min_high_noise_sigmas", 0) or 0)
+    if k < 0:
+        raise ValueError(f"percentile_clip.min_high_noise_sigmas must be >= 0, got {k}")
+    if k > 0:
+        hi = max(hi, _percentile(stats, 50.0) + k * background_noise_sigma(stats))
+    return lo, hi
+
+
 def normalise_range(settings: dict, stats: dict) -> tuple[float, float] | None:
     """The (lo, hi) that ``normalise`` maps to (0, 1), or None when normalise is disabled."""
     if not _enabled(settings, "normalise"):
         return None
     if _enabled(settings, "percentile_clip"):
-        clip = _step(settings, "percentile_clip")
-        return _percentile(stats, clip["low"]), _percentile(stats, clip["high"])
+        return clip_range(settings, stats)
     return float(stats["min"]), float(stats["max"])
 
 
@@ -549,11 +586,8 @@ def preprocess_channel(
     x = img.astype(np.float32, copy=True)
 
     if _enabled(settings, "percentile_clip"):
-        clip = _step(settings, "percentile_clip")
-        low, high = float(clip["low"]), float(clip["high"])
-        if not 0.0 <= low < high <= 100.0:
-            raise ValueError(f"percentile_clip needs 0 <= low < high <= 100, got {low}, {high}")
-        np.clip(x, np.float32(_percentile(stats, low)), np.float32(_percentile(stats, high)), out=x)
+        lo, hi = clip_range(settings, stats)
+        np.clip(x, np.float32(lo), np.float32(hi), out=x)
 
     bounds = normalise_range(settings, stats)
     if bounds is None:

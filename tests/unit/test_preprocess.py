@@ -10,7 +10,9 @@ import pytest
 from hemoprofile import io
 from hemoprofile.preprocess import (
     STANDARD_PERCENTILES,
+    background_noise_sigma,
     clahe_anchored,
+    clip_range,
     percentile_key,
     preprocess_channel,
     preprocess_slide,
@@ -198,6 +200,49 @@ def test_percentile_clip_and_normalise_map_the_percentiles_to_0_and_1():
     assert np.mean(out == 1.0) == pytest.approx(0.001, abs=0.001)
     inside = (image > lo) & (image < hi)
     np.testing.assert_allclose(out[inside], (image[inside] - lo) / (hi - lo), atol=1e-6)
+
+
+def _noise_slide(seed: int, bright_cells: int) -> np.ndarray:
+    """Gaussian background (mean 300, sigma 10) with ``bright_cells`` 6x6 squares at 4000 (CK+ cells)."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(300, 10, (400, 400))
+    for k in range(bright_cells):
+        y, x = 20 + 40 * (k // 9), 20 + 40 * (k % 9)
+        image[y : y + 6, x : x + 6] = 4000
+    return np.clip(image, 0, 65535).astype(np.uint16)
+
+
+def test_background_noise_sigma_estimates_the_noise_of_the_dark_half():
+    stats = sample_channel_statistics(_noise_slide(0, 0)[None], 0, 128, 16, 0)
+    assert background_noise_sigma(stats) == pytest.approx(10.0, rel=0.05)
+
+
+def test_noise_floor_keeps_a_slide_without_positive_cells_from_being_stretched():
+    floored = {"percentile_clip": {"enabled": True, "low": 0.5, "high": 99.9, "min_high_noise_sigmas": 100},
+               "normalise": {"enabled": True}}
+    plain = copy.deepcopy(floored)
+    plain["percentile_clip"]["min_high_noise_sigmas"] = 0
+    negative, positive = _noise_slide(1, 0), _noise_slide(2, 30)
+    stats_neg = sample_channel_statistics(negative[None], 0, 128, 16, 0, percentiles=[0.5, 99.9])
+    stats_pos = sample_channel_statistics(positive[None], 0, 128, 16, 0, percentiles=[0.5, 99.9])
+
+    # without the floor, the negative slide's noise fills the whole range
+    assert preprocess_channel(negative, plain, stats_neg).max() == 1.0
+    # with it, hi = median + 100 sigma (about 1300), so noise stays dark
+    lo, hi = clip_range(floored, stats_neg)
+    assert hi == pytest.approx(stats_neg["percentiles"]["50.0"] + 100 * background_noise_sigma(stats_neg))
+    assert 1200 < hi < 1400
+    assert preprocess_channel(negative, floored, stats_neg).max() < 0.1
+    # a slide whose 99.9th percentile is a bright cell keeps its percentile (the floor is below it)
+    assert clip_range(floored, stats_pos) == clip_range(plain, stats_pos)
+    assert clip_range(plain, stats_pos)[1] == 4000
+
+
+def test_negative_noise_floor_is_refused():
+    stats = sample_channel_statistics(_noise_slide(0, 0)[None], 0, 128, 16, 0)
+    bad = {"percentile_clip": {"enabled": True, "low": 0.5, "high": 99.9, "min_high_noise_sigmas": -1}}
+    with pytest.raises(ValueError, match="min_high_noise_sigmas"):
+        clip_range(bad, stats)
 
 
 def test_normalise_without_clipping_uses_the_sampled_min_and_max():
