@@ -17,6 +17,7 @@ include: "workflow/rules/train_segmenter.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/embed.smk"
+include: "workflow/rules/patients.smk"
 
 
 rule all:

@@ -15,4 +15,6 @@ STAGE_VERSIONS = {
     "extract": 1,
     "classify": 1,
     "embed": 1,
+    "patients": 1,
+    "report": 1,
 }

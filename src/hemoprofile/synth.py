@@ -21,8 +21,12 @@ What is modelled, and why it makes segmentation and classification non-trivial:
   clusters share a ``cluster_id``; debris specks are bright in DAPI and/or CK but are not cells.
 - Optics per channel: per-cell defocus, Gaussian PSF, background, smooth uneven illumination (slide-wide
   vignetting times per-frame low-frequency variation), Poisson shot noise, read noise, camera offset.
-- Cohort: a patient's composition is Dirichlet around its condition's; CTCs are Poisson per slide; each
-  slide has its own per-channel gain and background (a batch effect for batch correction to remove).
+- Cohort: a patient's composition is Dirichlet around its condition's; CTCs are Poisson per slide, with
+  the condition's rate, share in CTC-leukocyte clusters (``cluster_rate``) and EMT fraction
+  (``emt_fraction``); each slide has its own per-channel gain and background (a batch effect for batch
+  correction to remove). A condition's ``blind_patients`` are simulated from it but enter the sample
+  sheet with condition ``unknown`` (:data:`UNKNOWN_CONDITION`): new patients for the patient model to
+  score, whose truth stays in ``truth_cells.parquet``.
 
 The recorded ``true_<channel>`` levels are the mean noise-free signal inside the cell's label before
 optics and before the slide's batch gain, so they are comparable across slides.
@@ -63,6 +67,8 @@ from hemoprofile.io import (
 log = logging.getLogger(__name__)
 
 CHANNELS = tuple(HDSCA_CHANNELS)  # DAPI, CK, VIM, CD45
+#: Sample-sheet condition of blinded synthetic patients (and of any patient whose condition is not known).
+UNKNOWN_CONDITION = "unknown"
 LEUKOCYTE_TYPES = ("CD4_T", "CD8_T", "B", "NK", "granulocyte", "monocyte")
 CELL_TYPES = (*LEUKOCYTE_TYPES, "CTC")
 LINEAGE = {
@@ -140,7 +146,8 @@ CELL_MODELS: dict[str, CellModel] = {
                      {"DAPI": 1500, "CK": 4000, "VIM": 150, "CD45": 12}, level_sigma=0.35, chromatin=0.35),
 }
 
-#: Fraction of CTCs with an epithelial-mesenchymal phenotype (VIM-high), and their VIM level.
+#: Fraction of CTCs with an epithelial-mesenchymal phenotype (VIM-high; a condition's ``emt_fraction``
+#: overrides it), and their VIM level.
 CTC_EMT_FRACTION = 0.3
 CTC_EMT_VIM = 1600.0
 
@@ -264,13 +271,14 @@ def plan_cohort(synth_cfg: Mapping, out_dir: str | os.PathLike) -> pd.DataFrame:
     ['P01_S1', 'P01_S1', 'control', 'results/synthetic/P01_S1/frames']
     """
     s = _settings(synth_cfg)
-    n_patients = sum(int(c.get("patients", 0)) for c in s.conditions.values())
+    n_patients = sum(_patients_of(spec) for spec in s.conditions.values())
     width = max(2, len(str(n_patients)))
     image_name = "frames" if s.output_format == "frames" else "slide.ome.tif"
     rows = []
     patient_number = 0
     for condition, spec in s.conditions.items():
-        for _ in range(int(spec.get("patients", 0))):
+        labelled = int(spec.get("patients", 0))
+        for j in range(_patients_of(spec)):
             patient_number += 1
             patient = f"P{patient_number:0{width}d}"
             for k in range(1, s.slides_per_patient + 1):
@@ -278,7 +286,7 @@ def plan_cohort(synth_cfg: Mapping, out_dir: str | os.PathLike) -> pd.DataFrame:
                 rows.append({
                     "slide": slide,
                     "patient": patient,
-                    "condition": condition,
+                    "condition": condition if j < labelled else UNKNOWN_CONDITION,
                     "path": os.path.join(os.fspath(out_dir), slide, image_name),
                     "format": s.output_format,
                     "channels": ",".join(CHANNELS),
@@ -311,10 +319,15 @@ def patient_composition(synth_cfg: Mapping, patient: str) -> dict[str, float]:
     return dict(zip(LEUKOCYTE_TYPES, _composition(s, condition, number)))
 
 
+def _patients_of(spec: Mapping) -> int:
+    """Patients simulated for a condition: the labelled ones and the blinded ones."""
+    return int(spec.get("patients", 0)) + int(spec.get("blind_patients", 0))
+
+
 def _patient_condition(s: _Settings, number: int) -> str:
     first = 1
     for name, spec in s.conditions.items():
-        count = int(spec.get("patients", 0))
+        count = _patients_of(spec)
         if first <= number < first + count:
             return name
         first += count
@@ -354,7 +367,7 @@ class _Cell:
         return self.radius * (1.0 + np.sum(self.amps * np.cos(_HARMONICS * theta - self.phases), axis=-1))
 
 
-def _draw_cell(rng: np.random.Generator, cell_type: str) -> _Cell:
+def _draw_cell(rng: np.random.Generator, cell_type: str, emt_fraction: float = CTC_EMT_FRACTION) -> _Cell:
     model = CELL_MODELS[cell_type]
     if cell_type == "CTC":
         radius = rng.uniform(*model.radius)
@@ -371,7 +384,7 @@ def _draw_cell(rng: np.random.Generator, cell_type: str) -> _Cell:
     levels = {}
     for channel in CHANNELS:
         mean = model.levels[channel]
-        if cell_type == "CTC" and channel == "VIM" and rng.random() < CTC_EMT_FRACTION:
+        if cell_type == "CTC" and channel == "VIM" and rng.random() < emt_fraction:
             mean = CTC_EMT_VIM
         levels[channel] = mean * math.exp(shared + rng.normal(0.0, model.level_sigma) - model.level_sigma**2 / 2)
     return _Cell(cell_type, radius, amps, phases, radius * (1.0 + amps.sum()), levels)
@@ -707,16 +720,18 @@ class _Frame:
 
 
 def _simulate_frame(rng, s: _Settings, composition: np.ndarray, n_ctc: int, optics: _SlideOptics,
-                    first_id: int, first_cluster: int) -> _Frame:
+                    first_id: int, first_cluster: int, cluster_rate: float | None = None,
+                    emt_fraction: float = CTC_EMT_FRACTION) -> _Frame:
     shape = (s.frame_h, s.frame_w)
     n_total = int(rng.poisson(s.cells_per_frame))
     n_leukocytes = max(n_total - n_ctc, 0)
     types = [LEUKOCYTE_TYPES[k] for k in rng.choice(len(LEUKOCYTE_TYPES), size=n_leukocytes, p=composition)]
-    cells = [_draw_cell(rng, "CTC") for _ in range(n_ctc)] + [_draw_cell(rng, t) for t in types]
+    cells = [_draw_cell(rng, "CTC", emt_fraction) for _ in range(n_ctc)] + [_draw_cell(rng, t) for t in types]
+    cluster_rate = s.cluster_rate if cluster_rate is None else cluster_rate
 
     free = list(range(n_ctc, len(cells)))  # leukocytes not yet in a cluster
     for i in range(n_ctc):
-        if rng.random() < s.cluster_rate:
+        if rng.random() < cluster_rate:
             k = int(rng.integers(1, 4))
             for j in free[:k]:
                 cells[j].partner_of = i
@@ -860,7 +875,9 @@ def simulate_slide(
     plan = plan_cohort(synth_cfg, out_dir)
     index = _slide_index(s, plan, sample)
     row = plan.iloc[index]
-    slide, patient, condition = str(row["slide"]), str(row["patient"]), str(row["condition"])
+    slide, patient = str(row["slide"]), str(row["patient"])
+    condition = _patient_condition(s, int(patient.lstrip("P")))  # the truth, also for blinded patients
+    spec = s.conditions[condition]
     slide_dir = Path(out_dir) / slide
     height, width = s.rows * s.frame_h, s.cols * s.frame_w
     if s.output_format == "ome-tiff":
@@ -878,7 +895,9 @@ def simulate_slide(
     composition = _composition(s, condition, int(patient.lstrip("P")))
     slide_rng = np.random.default_rng([s.seed, 2, index])
     optics = _slide_optics(slide_rng, s)
-    ctc_rate = float(s.conditions[condition].get("ctc_per_1000", 0.0))
+    ctc_rate = float(spec.get("ctc_per_1000", 0.0))
+    cluster_rate = float(spec["cluster_rate"]) if spec.get("cluster_rate") is not None else s.cluster_rate
+    emt_fraction = float(spec.get("emt_fraction", CTC_EMT_FRACTION))
     n_ctc = int(slide_rng.poisson(ctc_rate * s.cells_per_frame * s.n_frames / 1000.0))
     ctc_per_frame = np.bincount(slide_rng.integers(0, s.n_frames, n_ctc), minlength=s.n_frames)
 
@@ -904,7 +923,7 @@ def simulate_slide(
         for f in range(s.n_frames):
             frame = _simulate_frame(
                 np.random.default_rng([s.seed, 3, index, f]), s, composition, int(ctc_per_frame[f]), optics,
-                next_id, next_cluster,
+                next_id, next_cluster, cluster_rate, emt_fraction,
             )
             grid_row, grid_col = frame_grid_position(f, s.rows, s.cols, frame_order)
             y0, x0 = grid_row * s.frame_h, grid_col * s.frame_w

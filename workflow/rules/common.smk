@@ -7,7 +7,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 import pandas as pd
 
 import hemoprofile
-from hemoprofile import synth
+from hemoprofile import aggregate, synth
 from hemoprofile.config import ConfigError, channel_list, read_sample_sheet, validate_config, validate_sample_sheet
 
 try:
@@ -169,6 +169,63 @@ def embedding_figure_outputs():
     return {k: f"{EMBED_FIGURES}/{names[k]}.png" for k in keys}
 
 
+# --- patient level (rules in patients.smk) ---
+
+PATIENT_MODEL = config["patient_model"]
+PATIENTS_VERSION = stage_version("patients")
+COHORT = f"{RESULTS}/cohort"
+PATIENT_MODEL_DIR = f"{COHORT}/patient_model"
+
+
+def patient_model_file():
+    """The patient model predict uses: a given one (patient_model.model), else the one the workflow trains."""
+    return PATIENT_MODEL["model"] or f"{RESULTS}/models/patient_model.pkl"
+
+
+def patient_cell_types():
+    """The cell types the patient table counts: the finest immune task's classes (+ CTC with a ctc task)."""
+    return aggregate.cell_type_names(CLASSIFY_TASKS)
+
+
+def patient_slide_inputs(wildcards):
+    return {
+        "cells": expand(f"{RESULTS}/{{slide}}/cells.parquet", slide=SLIDES),
+        "predictions": expand(f"{RESULTS}/{{slide}}/predictions.parquet", slide=SLIDES),
+        "embeddings": expand(f"{RESULTS}/{{slide}}/embedding.parquet", slide=SLIDES),
+    }
+
+
+def report_inputs(wildcards):
+    """Everything the cohort report shows (missing optional parts are reported as not available)."""
+    inputs = {
+        "patients": f"{COHORT}/patients.parquet",
+        "patient_columns": f"{COHORT}/patients_columns.tsv",
+        "patient_predictions": f"{COHORT}/patient_predictions.parquet",
+        "embedding_metrics": f"{EMBED_FIGURES}/metrics.json",
+        "embedding_figures": list(embedding_figure_outputs().values()),
+        "classifier_metrics": [
+            f"{RESULTS}/models/classifier_{task}.metrics.json" for task in CLASSIFY_TASKS if not CLASSIFY["models"].get(task)
+        ],
+        **{
+            key: expand(f"{RESULTS}/{{slide}}/{name}", slide=SLIDES)
+            for key, name in (
+                ("images", "image.zarr"), ("preprocessed", "preprocessed.zarr"), ("labels", "labels.zarr"),
+                ("cells", "cells.parquet"), ("predictions", "predictions.parquet"),
+                ("clusters", "clusters.parquet"), ("patches", "patches.zarr"), ("embeddings", "embedding.parquet"),
+            )
+        },
+    }
+    if not PATIENT_MODEL["model"]:
+        inputs.update({
+            "patient_metrics": f"{PATIENT_MODEL_DIR}/metrics.json",
+            "patient_oof": f"{PATIENT_MODEL_DIR}/oof_predictions.parquet",
+            "patient_importances": f"{PATIENT_MODEL_DIR}/importances.parquet",
+        })
+    if SYNTHETIC:
+        inputs["truth_cells"] = f"{SYNTHETIC_DIR}/truth_cells.parquet"
+    return inputs
+
+
 def all_outputs():
     outputs = expand(f"{RESULTS}/{{slide}}/preprocessed.zarr", slide=SLIDES)
     outputs += expand(f"{RESULTS}/{{slide}}/labels.zarr", slide=SLIDES)
@@ -179,4 +236,5 @@ def all_outputs():
     outputs += [f"{RESULTS}/models/embedder.metrics.json", f"{EMBED_FIGURES}/metrics.json"]
     if SYNTHETIC:
         outputs.append(f"{SYNTHETIC_DIR}/truth_cells.parquet")
+    outputs += [f"{COHORT}/patients.parquet", f"{COHORT}/patient_predictions.parquet", f"{COHORT}/report.html"]
     return outputs

@@ -1,0 +1,33 @@
+"""Snakemake adapter: build the self-contained cohort report (hemoprofile.report)."""
+import package_path  # noqa: F401  (src/ on sys.path)
+import pandas as pd
+
+from hemoprofile.report import ReportInputs, build_report, collect_provenance
+from hemoprofile.runlog import job_progress
+
+progress = job_progress(snakemake.log[0], "report")
+inputs = snakemake.input
+slides = list(snakemake.params.slides)
+keys = {"image": "images", "preprocessed": "preprocessed", "labels": "labels", "cells": "cells",
+        "predictions": "predictions", "clusters": "clusters", "patches": "patches", "embedding": "embeddings"}
+slide_paths = {slide: {key: inputs[name][i] for key, name in keys.items()} for i, slide in enumerate(slides)}
+result = build_report(
+    ReportInputs(
+        config=snakemake.params.config,
+        samples=pd.DataFrame(snakemake.params.samples),
+        slides=slide_paths,
+        classifier_metrics=dict(zip(snakemake.params.tasks, inputs.classifier_metrics)),
+        embedding_metrics=inputs.embedding_metrics,
+        embedding_figures=dict(zip(snakemake.params.figure_keys, inputs.embedding_figures)),
+        patients=inputs.patients,
+        patient_columns=inputs.patient_columns,
+        patient_metrics=inputs.get("patient_metrics"),
+        patient_oof=inputs.get("patient_oof"),
+        patient_importances=inputs.get("patient_importances"),
+        patient_predictions=inputs.patient_predictions,
+        benchmarks_dir=snakemake.params.benchmarks,
+        provenance=collect_provenance(snakemake.params.repo),
+    ),
+    snakemake.output.html,
+)
+progress(f"wrote {snakemake.output.html} ({result['bytes'] / 1e6:.1f} MB, sections {', '.join(result['sections'])})")
