@@ -390,3 +390,34 @@ def test_render_frame_overlay_writes_a_png(main_slide, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and 10_000 < len(data) < 400_000
     image, labels, cells = synth.read_synthetic_frame(main_slide["sample"], frame, frame_order="snake")
     assert image.shape == (4, 160, 160) and set(cells["cell_id"]) == set(np.unique(labels[labels > 0]))
+
+
+def test_blind_patients_enter_the_sheet_as_unknown_and_keep_their_truth(tmp_path):
+    cfg = small_config(grid={"rows": 1, "cols": 1}, cells_per_frame=10, conditions={
+        "control": {"patients": 1, "blind_patients": 1, "ctc_per_1000": 0.0, "composition": {"B": 1.0}},
+        "disease": {"patients": 1, "blind_patients": 1, "ctc_per_1000": 0.0, "composition": {"granulocyte": 1.0}},
+    })
+    plan = synth.plan_cohort(cfg, tmp_path)
+    assert plan["condition"].tolist() == ["control", synth.UNKNOWN_CONDITION, "disease", synth.UNKNOWN_CONDITION]
+    blinded = plan.iloc[3]  # simulated as 'disease' (granulocytes only), recorded as such in the truth
+    synth.simulate_slide(cfg, blinded, tmp_path)
+    cells = read_truth(blinded)[1]
+    assert set(cells["condition"]) == {"disease"} and set(cells["cell_type"]) == {"granulocyte"}
+
+
+def test_condition_sets_its_ctc_cluster_rate_and_emt_fraction(tmp_path):
+    base = {"patients": 1, "ctc_per_1000": 150.0, "composition": dict(ALL_TYPES)}
+    cfg = small_config(grid={"rows": 2, "cols": 2}, cells_per_frame=30, debris_per_frame=0, conditions={
+        "loner": {**base, "cluster_rate": 0.0, "emt_fraction": 0.0},
+        "social": {**base, "cluster_rate": 1.0, "emt_fraction": 1.0},
+    })
+    plan = synth.plan_cohort(cfg, tmp_path)
+    ctcs = {}
+    for _, sample in plan.iterrows():
+        synth.simulate_slide(cfg, sample, tmp_path)
+        cells = read_truth(sample)[1]
+        ctcs[sample["condition"]] = cells[cells["cell_type"] == "CTC"]
+    assert len(ctcs["loner"]) > 5 and len(ctcs["social"]) > 5
+    assert (ctcs["loner"]["cluster_id"] < 0).all() and (ctcs["social"]["cluster_id"] >= 0).mean() > 0.5
+    # EMT CTCs carry ~1600 VIM, the others ~150
+    assert ctcs["loner"]["true_VIM"].median() < 400 < ctcs["social"]["true_VIM"].median()
