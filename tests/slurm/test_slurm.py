@@ -29,6 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 import slurm_cluster  # noqa: E402
+from tiny_workflow import tiny_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -42,25 +43,12 @@ CPU_PARTITION = "cpu"  # the test cluster's default partition, which CPU rules f
 # logs of successful jobs kept, to check them.
 TEST_CLUSTER_ARGS = ["--slurm-init-seconds-before-status-checks", "8", "--slurm-keep-successful-logs"]
 
-TINY_CONFIG = {
-    "results": "results",
-    "synthetic": {
-        "enabled": True,
-        "seed": 5,
-        "frame": {"height": 128, "width": 128},
-        "grid": {"rows": 2, "cols": 2},
-        "cells_per_frame": 15,
-        "conditions": {
-            "control": {"patients": 1, "composition": {"CD4_T": 0.3, "granulocyte": 0.7}},
-            "disease_a": {"patients": 1, "ctc_per_1000": 50.0, "composition": {"CD8_T": 0.3, "monocyte": 0.7}},
-        },
-    },
-    "tile": {"size": 128},
-    # small, fast models: these tests check the plumbing, not the accuracy
-    "classify": {"tasks": ["lineage"], "max_cells_per_label": 200, "train": {"epochs": 2, "minutes": 0.2}},
-    "embed": {"widths": [8, 16], "cells_per_slide": 200, "train": {"epochs": 2}, "cluster": {"k_max": 4}},
-    "preprocess": {"sample_tiles": 4},
-}
+# The tiny cohort of the workflow tests (tests/tiny_workflow.py) in 128 px tiles. The SLURM run stops at
+# the patient table and the embedding figures (SLURM_TARGETS): every slide stage, both GPU training rules
+# and a cohort rule run through SLURM; the patient model and the report add nothing cluster-specific and
+# run in tests/workflow.
+TINY_CONFIG = tiny_config(tile={"size": 128}, preprocess={"sample_tiles": 4})
+SLURM_TARGETS = ["results/cohort/patients.parquet", "results/cohort/embedding/metrics.json"]
 
 
 def in_ci():
@@ -196,7 +184,7 @@ def slurm_run(cluster, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("slurm_run")
     write_config(workdir, TINY_CONFIG)
     started = time.monotonic()
-    result = snakemake(workdir, *TEST_CLUSTER_ARGS, env=cluster.env())
+    result = snakemake(workdir, *TEST_CLUSTER_ARGS, *SLURM_TARGETS, env=cluster.env())
     seconds = time.monotonic() - started
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"snakemake under SLURM failed:\n{output}\n{cluster.log_tails()}"

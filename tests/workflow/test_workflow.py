@@ -1,5 +1,6 @@
 """The workflow end to end on a tiny synthetic cohort: lint, dry run, outputs, config errors, reruns."""
 
+import json
 import os
 import re
 import subprocess
@@ -11,33 +12,10 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from tiny_workflow import TINY_CONFIG, TINY_SLIDES
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-
-TINY_CONFIG = {
-    "results": "results",
-    "synthetic": {
-        "enabled": True,
-        "seed": 3,
-        "frame": {"height": 128, "width": 128},
-        "grid": {"rows": 2, "cols": 2},
-        "cells_per_frame": 15,
-        "conditions": {
-            "control": {"patients": 1, "composition": {"CD4_T": 0.3, "granulocyte": 0.7}},
-            "disease_a": {"patients": 1, "ctc_per_1000": 50.0, "composition": {"CD8_T": 0.3, "monocyte": 0.7}},
-        },
-    },
-    # 256 px slides in 96 px tiles: edge tiles are partial, so sizes that are not multiples are covered
-    "tile": {"size": 96},
-    # small, fast models: these tests check the plumbing, not the accuracy
-    "classify": {"tasks": ["lineage"], "max_cells_per_label": 200, "train": {"epochs": 2, "minutes": 0.2}},
-    "embed": {"widths": [8, 16], "cells_per_slide": 200, "train": {"epochs": 2}, "cluster": {"k_max": 4}},
-    "preprocess": {
-        "sample_tiles": 4,
-        "channels": {"DAPI": {"denoise": {"enabled": True, "iterations": 5}}, "CK": {"clahe": {"enabled": True, "kernel_size": 32}}},
-    },
-}
 
 
 def snakemake(workdir, *args, check=True):
@@ -117,7 +95,7 @@ def test_tiny_run_writes_ome_zarr_for_every_slide(tiny_run):
     from ome_zarr.reader import Reader
 
     workdir, result = tiny_run
-    slides = ["P01_S1", "P02_S1"]
+    slides = TINY_SLIDES
     truth = workdir / "results" / "synthetic" / "truth_cells.parquet"
     assert truth.exists() and (workdir / "results" / "synthetic" / "samples.tsv").exists()
     for slide in slides:
@@ -133,6 +111,69 @@ def test_tiny_run_writes_ome_zarr_for_every_slide(tiny_run):
     # progress went to the terminal and the per-slide log
     assert "tile P01_S1" in result.stderr
     assert (workdir / "results" / "logs" / "preprocess" / "P01_S1.log").read_text().strip()
+
+
+def _without_timings(value):
+    """A JSON value without its wall-clock entries (keys naming seconds or times), which differ between runs."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items()
+                if not any(word in k for word in ("seconds", "time", "per_second", "started", "finished"))}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+@pytest.mark.slow
+def test_two_runs_from_scratch_give_identical_tables_predictions_and_arrays(tiny_run, tmp_path):
+    """Reproducibility on the CPU: bitwise-equal tables and arrays. Runs before the rerun test below,
+    which changes the first run's outputs."""
+    import pandas as pd
+
+    first = tiny_run[0] / "results"
+    write_config(tmp_path, TINY_CONFIG)
+    snakemake(tmp_path)
+    second = tmp_path / "results"
+
+    tables = sorted(p.relative_to(first) for p in first.rglob("*.parquet"))
+    names = {p.name for p in tables}
+    for wanted in ("cells.parquet", "predictions.parquet", "embedding.parquet", "patients.parquet",
+                   "oof_predictions.parquet", "importances.parquet", "patient_predictions.parquet"):
+        assert wanted in names, f"the run wrote no {wanted}"
+    for path in tables:
+        a, b = pd.read_parquet(first / path), pd.read_parquet(second / path)
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=str(path))
+
+    arrays = [p.parent.relative_to(first) for p in first.rglob("zarr.json")
+              if (p.parent / "c").exists() or p.parent.name == "0"]
+    assert any("patches.zarr" in str(p) for p in arrays) and any("labels.zarr" in str(p) for p in arrays)
+    for path in arrays:
+        a, b = zarr.open_array(str(first / path), mode="r"), zarr.open_array(str(second / path), mode="r")
+        assert a.dtype == b.dtype and a.shape == b.shape, path
+        np.testing.assert_array_equal(a[...], b[...], err_msg=str(path))
+
+    for path in sorted(p.relative_to(first) for p in first.rglob("*.json") if p.name != "zarr.json"):
+        a, b = (json.loads((root / path).read_text()) for root in (first, second))
+        assert _without_timings(a) == _without_timings(b), path
+
+
+@pytest.mark.slow
+def test_patient_level_outputs_and_report(tiny_run):
+    import pandas as pd
+
+    cohort = tiny_run[0] / "results" / "cohort"
+    patients = pd.read_parquet(cohort / "patients.parquet")
+    assert patients["patient"].tolist() == [f"P{i:02d}" for i in range(1, 8)]
+    assert (patients.set_index("patient").loc["P03", "condition"]) == "unknown"
+    columns = pd.read_csv(cohort / "patients_columns.tsv", sep="\t")
+    assert columns["column"].tolist() == patients.columns.tolist()
+    predictions = pd.read_parquet(cohort / "patient_predictions.parquet")
+    assert set(predictions["patient"]) == set(patients["patient"])  # the unknown patient is scored too
+    assert predictions["p_disease"].between(0, 1).all()
+    metrics = json.loads((cohort / "patient_model" / "metrics.json").read_text())
+    assert set(metrics["stages"]) == {"disease", "subtype", "overall"} and metrics["n_unlabelled"] == 1
+    html = (cohort / "report.html").read_text()
+    for section in ("summary", "qc", "composition", "classifiers", "latent", "rare_events", "patients", "importances"):
+        assert f'id="{section}"' in html, section
 
 
 def _mtimes(workdir, pattern):
@@ -152,7 +193,7 @@ def test_changing_one_preprocess_parameter_reruns_only_preprocess(tiny_run):
     write_config(workdir, changed)
     try:
         jobs = planned_jobs(workdir)
-        assert jobs.get("preprocess") == 2
+        assert jobs.get("preprocess") == len(TINY_SLIDES)
         assert set(jobs) <= downstream_rules(workdir, "preprocess") | {"preprocess"}, jobs
         time.sleep(0.01)
         snakemake(workdir)

@@ -1,0 +1,9 @@
+"""Shared test set-up: tests/ on sys.path, so test folders can import the shared helpers here
+(tiny_workflow)."""
+
+import sys
+from pathlib import Path
+
+TESTS = str(Path(__file__).resolve().parent)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
