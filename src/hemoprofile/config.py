@@ -165,8 +165,10 @@ def validate_sample_sheet(
 ) -> pd.DataFrame:
     """Validate a sample sheet (one row per slide) and return it indexed by slide.
 
-    Checks every row against samples.schema.yaml, that slide names are unique, that frame folders give
-    their grid, and (``check_paths``) that every path exists. Relative paths are kept as given.
+    Checks every row against samples.schema.yaml (an empty required cell is named as such), that slide
+    names and paths are unique (a slide listed twice would be counted twice for its patient), that a
+    row's channel names are unique, that frame folders give their grid, and (``check_paths``) that
+    every path exists. Relative paths are kept as given.
 
     Raises
     ------
@@ -180,8 +182,19 @@ def validate_sample_sheet(
     rows = []
     for number, (_, row) in enumerate(samples.iterrows(), start=1):
         clean = _row_for_schema(row.to_dict())
+        name = f"row {number}" + (f" ({clean['slide']})" if "slide" in clean else "")
         for error in validator.iter_errors(clean):
-            problems.append(f"row {number}: {_describe(error).replace('key ', 'column ', 1)}")
+            if error.validator == "required" and not error.absolute_path:
+                for column in error.validator_value:
+                    if column not in clean:
+                        where = "is empty" if column in samples.columns else "is missing from the sheet"
+                        problems.append(f"{name}: column '{column}' {where}")
+            else:
+                problems.append(f"row {number}: {_describe(error).replace('key ', 'column ', 1)}")
+        channels = channel_list(clean.get("channels", ""))
+        repeated = sorted({c for c in channels if channels.count(c) > 1})
+        if repeated:
+            problems.append(f"{name}: channel name(s) {', '.join(repeated)} appear more than once in 'channels'")
         if clean.get("format") == "frames" and not ("frame_rows" in clean and "frame_cols" in clean):
             problems.append(f"row {number} ({clean.get('slide')}): format 'frames' needs frame_rows and frame_cols")
         if check_paths and "path" in clean and not Path(clean["path"]).exists():
@@ -189,16 +202,79 @@ def validate_sample_sheet(
         clean.setdefault("batch", clean.get("slide"))
         rows.append(clean)
     table = pd.DataFrame(rows)
-    if "slide" in table:
-        duplicated = sorted(set(table.loc[table["slide"].duplicated(), "slide"]))
-        if duplicated:
-            problems.append(f"duplicated slide name(s): {', '.join(duplicated)} (each slide must appear once)")
+    for column, what in (("slide", "slide name"), ("path", "path")):
+        if column not in table:
+            continue
+        for value, group in table.groupby(column, sort=True):
+            if len(group) > 1:
+                numbers = " and ".join(str(i + 1) for i in group.index)
+                problems.append(f"duplicated {what} {value!r} in rows {numbers} (each slide must appear once)")
     if problems:
-        raise ConfigError(f"{source}: invalid sample sheet:\n  " + "\n  ".join(problems))
+        raise ConfigError(f"{source}: invalid sample sheet:\n  " + "\n  ".join(dict.fromkeys(problems)))
     for column in SAMPLE_COLUMNS_INT:
         if column in table:
             table[column] = table[column].astype("Int64")
     return table.set_index("slide", drop=False)
+
+
+def check_sample_channels(samples: pd.DataFrame, config: Mapping, source: str = "sample sheet") -> None:
+    """Check the sheet's channel names against what the configuration asks of them, before any job runs.
+
+    Without this a misnamed channel (``PanCK`` in the sheet, ``CK`` in the config) would surface only in
+    the preprocess, segment or extract job, after the slides were tiled; and a slide listing its
+    channels in another order would fail only when the cohort's classifier or embedder is trained.
+
+    Checks, for every slide of ``samples`` (a validated sheet): the segmentation channels
+    (``segment.channels``) and every ``preprocess.channels`` override name one of its channels; every
+    gating feature (``gating.gates``, when gating is enabled) is a cells.parquet column for its channels;
+    and all slides list the same channels in the same order (patches of a cohort share one layout).
+
+    Parameters
+    ----------
+    samples : a sheet returned by :func:`validate_sample_sheet` (or :func:`read_sample_sheet`).
+    config : a validated config (:func:`validate_config`).
+    source : the sheet's name for the message (its path).
+
+    Raises
+    ------
+    ConfigError naming ``source``, the slides, the config key and the unknown channel names.
+    """
+    from hemoprofile.extract import cells_schema  # pyarrow and the imaging stack: only when checking
+
+    segment = config["segment"]["channels"]
+    wanted = {"segment.channels.nucleus": [segment["nucleus"]],
+              "segment.channels.cytoplasm": list(segment["cytoplasm"]),
+              "preprocess.channels": list(config["preprocess"]["channels"])}
+    gating = config["gating"]
+    features = [r["feature"] for g in gating["gates"] for r in g["rules"]] if gating["enabled"] else []
+    problems: dict[str, list[str]] = {}  # problem -> slides
+    layouts: dict[tuple[str, ...], list[str]] = {}
+    for slide, row in samples.iterrows():
+        channels = channel_list(row["channels"])
+        layouts.setdefault(tuple(channels), []).append(str(slide))
+        for key, names in wanted.items():
+            unknown = [n for n in names if n not in channels]
+            if unknown:
+                problem = f"{key} names {', '.join(map(repr, unknown))}, not among the channels {channels}"
+                problems.setdefault(problem, []).append(str(slide))
+        columns = set(cells_schema(channels).names)
+        unknown = list(dict.fromkeys(f for f in features if f not in columns))
+        if unknown:
+            problem = (f"gating.gates reads {', '.join(map(repr, unknown))}, which cells.parquet will not have "
+                       f"for the channels {channels}")
+            problems.setdefault(problem, []).append(str(slide))
+    lines = [f"slide(s) {_slide_list(slides)}: {problem}" for problem, slides in problems.items()]
+    if len(layouts) > 1:
+        kinds = "; ".join(f"{','.join(layout)} in {_slide_list(slides)}" for layout, slides in layouts.items())
+        lines.append(f"slides list different channels ({kinds}); the cohort's classifier and embedder need one "
+                     "channel layout, so every slide must hold the same channels in the same order")
+    if lines:
+        raise ConfigError(f"{source}: channel names do not fit the configuration:\n  " + "\n  ".join(lines))
+
+
+def _slide_list(slides: list[str], most: int = 5) -> str:
+    shown = ", ".join(slides[:most])
+    return shown + (f" and {len(slides) - most} more" if len(slides) > most else "")
 
 
 def read_sample_sheet(path: str | os.PathLike, **kwargs) -> pd.DataFrame:

@@ -117,7 +117,7 @@ def test_duplicated_and_missing_columns(tmp_path):
     table = pd.concat([_sheet(), _sheet()])
     with pytest.raises(ConfigError, match="duplicated slide name"):
         validate_sample_sheet(table)
-    with pytest.raises(ConfigError, match="'patient' is a required property"):
+    with pytest.raises(ConfigError, match="row 1 \\(S1\\): column 'patient' is missing from the sheet"):
         validate_sample_sheet(_sheet().drop(columns=["patient"]))
     sheet = tmp_path / "samples.tsv"
     sheet.write_text("# only comments\nslide\tpatient\tcondition\tpath\tformat\tchannels\n")

@@ -8,7 +8,14 @@ import pandas as pd
 
 import hemoprofile
 from hemoprofile import aggregate, synth
-from hemoprofile.config import ConfigError, channel_list, read_sample_sheet, validate_config, validate_sample_sheet
+from hemoprofile.config import (
+    ConfigError,
+    channel_list,
+    check_sample_channels,
+    read_sample_sheet,
+    validate_config,
+    validate_sample_sheet,
+)
 
 try:
     config = validate_config(config, os.path.join(workflow.basedir, "config/schemas/config.schema.yaml"))
@@ -41,6 +48,7 @@ try:
         )
     else:
         SAMPLES = read_sample_sheet(config["samples"])
+    check_sample_channels(SAMPLES, config, "synthetic cohort plan" if SYNTHETIC else config["samples"])
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
