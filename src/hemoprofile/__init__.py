@@ -10,7 +10,7 @@ HDSCA_CHANNELS = ("DAPI", "CK", "VIM", "CD45")
 STAGE_VERSIONS = {
     "simulate": 1,
     "tile": 1,
-    "preprocess": 1,
+    "preprocess": 2,
     "segment": 1,
     "extract": 1,
     "classify": 1,

@@ -242,8 +242,16 @@ def sample_channel_statistics(
     ``sample_tiles`` equal consecutive strata and one tile is drawn from each with
     ``numpy.random.default_rng(seed)``, so the sample spreads from the top of the slide to the bottom;
     a slide with at most ``sample_tiles`` tiles is used whole. Every pixel of a sampled tile counts —
-    background, edge tiles, saturated pixels — nothing is excluded; only non-finite pixels of float
-    images are left out of the percentiles, and their number is recorded as ``n_nonfinite``.
+    background, edge tiles — with three exceptions, each counted in the result:
+
+    - a flat tile (every pixel one value: a blank or saturated frame, an area the scanner skipped) has no
+      contrast to measure and is left out (``n_flat_tiles_skipped``), unless every sampled tile is flat;
+      one saturated frame drawn into the sample would otherwise set the 99.9th percentile at saturation
+      and squash every real cell of the slide towards zero;
+    - integer pixels at the dtype's maximum (saturated: 255, 65535) are left out of the statistics
+      (``n_saturated_excluded``) unless they are all there is; saturation at a lower value (a 12-bit
+      camera stored as uint16 saturates at 4095) is not recognised;
+    - non-finite pixels of float images are left out (``n_nonfinite``).
 
     uint8/uint16 images: exact pixel counts per grey value, so the percentiles equal
     ``numpy.percentile`` (default 'linear' method) of the sampled pixels. Other dtypes: a first pass
@@ -263,7 +271,8 @@ def sample_channel_statistics(
     Returns
     -------
     dict (JSON-serialisable) with ``min``, ``max``, ``percentiles`` (key :func:`percentile_key`),
-    ``constant`` (min == max: no contrast to normalise), ``n_pixels``, ``n_nonfinite``, ``dtype``,
+    ``constant`` (min == max: no contrast to normalise), ``n_pixels``, ``n_nonfinite``,
+    ``n_flat_tiles_skipped``, ``n_saturated_excluded``, ``dtype``,
     ``n_tiles_total``, ``n_tiles_sampled``, ``sampled_tiles`` ([row, col] of each), ``seed``, ``method``.
 
     Example
@@ -286,11 +295,22 @@ def sample_channel_statistics(
     def read(tile):
         return np.asarray(array[channel_index, tile.y0 : tile.y1, tile.x0 : tile.x1])
 
-    n_nonfinite = 0
+    n_nonfinite = n_flat = n_saturated = 0
     if dtype in (np.uint8, np.uint16):
         counts = np.zeros(np.iinfo(dtype).max + 1, dtype=np.int64)
+        flat_counts = np.zeros_like(counts)
         for tile in chosen:
-            counts += np.bincount(read(tile).ravel(), minlength=counts.size)
+            tile_counts = np.bincount(read(tile).ravel(), minlength=counts.size)
+            if np.count_nonzero(tile_counts) == 1:
+                flat_counts += tile_counts
+                n_flat += 1
+            else:
+                counts += tile_counts
+        if not counts.any():  # every sampled tile is flat: they are all there is
+            counts, n_flat = flat_counts, 0
+        if counts[-1] and counts[:-1].any():
+            n_saturated = int(counts[-1])
+            counts[-1] = 0
         values = np.flatnonzero(counts)
         n_pixels = int(counts.sum())
         vmin, vmax = float(values[0]), float(values[-1])
@@ -298,22 +318,30 @@ def sample_channel_statistics(
         method = "exact counts per grey value"
     else:
         vmin, vmax, n_pixels = math.inf, -math.inf, 0
+        ranges, n_finite = [], []  # per sampled tile: finite (min, max) or None, finite pixel count
         for tile in chosen:
             block = read(tile).astype(np.float64)
             finite = np.isfinite(block)
-            n_nonfinite += int(block.size - finite.sum())
-            if finite.any():
-                vmin = min(vmin, float(block[finite].min()))
-                vmax = max(vmax, float(block[finite].max()))
+            n_finite.append(int(finite.sum()))
+            n_nonfinite += block.size - n_finite[-1]
+            ranges.append((float(block[finite].min()), float(block[finite].max())) if finite.any() else None)
+        flat = [r is not None and r[0] == r[1] for r in ranges]
+        if all(f or r is None for f, r in zip(flat, ranges)):  # nothing but flat tiles: use them
+            flat = [False] * len(chosen)
+        n_flat = sum(flat)
+        chosen_for_pixels = [t for t, f in zip(chosen, flat) if not f]
+        for r, f in zip(ranges, flat):
+            if r is not None and not f:
+                vmin, vmax = min(vmin, r[0]), max(vmax, r[1])
         if vmin > vmax:  # nothing finite sampled
             vmin = vmax = 0.0
             pct = {percentile_key(q): 0.0 for q in wanted}
         elif vmin == vmax:
             pct = {percentile_key(q): vmin for q in wanted}
-            n_pixels = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in chosen) - n_nonfinite
+            n_pixels = sum(n for n, f in zip(n_finite, flat) if not f)
         else:
             hist = np.zeros(FLOAT_HISTOGRAM_BINS, dtype=np.int64)
-            for tile in chosen:
+            for tile in chosen_for_pixels:
                 block = read(tile).astype(np.float64)
                 block = block[np.isfinite(block)]
                 idx = np.minimum(((block - vmin) / (vmax - vmin) * FLOAT_HISTOGRAM_BINS).astype(np.int64),
@@ -329,6 +357,8 @@ def sample_channel_statistics(
         "constant": bool(vmin == vmax),
         "n_pixels": n_pixels,
         "n_nonfinite": n_nonfinite,
+        "n_flat_tiles_skipped": n_flat,
+        "n_saturated_excluded": n_saturated,
         "dtype": dtype.name,
         "n_tiles_total": len(tiles),
         "n_tiles_sampled": len(chosen),

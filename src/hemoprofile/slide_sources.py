@@ -572,6 +572,7 @@ class FrameFolderSource(SlideSource):
             tf.close()
         if 0 in self.frame_shape:
             raise ValueError(f"{first}: frame is empty (shape {self.frame_shape})")
+        self._check_frame_headers()
         self.shape = (len(self.channel_names), self.rows * self.frame_shape[0], self.cols * self.frame_shape[1])
         self.pixel_size_um = pixel_size_um if pixel_size_um is not None else _ome_pixel_size_um(pixels)
         self.file_channel_names = None
@@ -601,6 +602,56 @@ class FrameFolderSource(SlideSource):
                 f"{self.path}: {len(empty)} frame file(s) are empty (0 bytes); first: "
                 f"{', '.join(empty[:_MAX_NAMES_IN_ERROR])}"
             )
+
+    def _check_frame_headers(self) -> None:
+        """Parse every frame file's header (not its pixels) before any pixel is read.
+
+        A truncated copy, a file that is not a TIFF, or a frame of another shape or dtype is then refused
+        when the slide is opened, before the tile stage writes anything; about 0.3 ms per file (a few
+        seconds for a 2,304-frame, 4-channel slide). Damage inside compressed pixel data can only show
+        when the frame is decoded (:meth:`_decode` names the file then).
+        """
+        damaged = []
+        for files in self._files:
+            for file in files:
+                try:
+                    self._frame_header(file)
+                except ValueError as err:
+                    problem = str(err).removeprefix(f"{file}: ")
+                    damaged.append(f"{file.relative_to(self.path).as_posix()}: {problem}")
+        if damaged:
+            n_files = sum(len(f) for f in self._files)
+            raise ValueError(
+                f"{self.path}: {len(damaged)} of {n_files} frame files are damaged or do not match the first "
+                f"frame ({self.frame_shape[0]} x {self.frame_shape[1]} {self.dtype}); "
+                + "; ".join(damaged[:_MAX_NAMES_IN_ERROR])
+            )
+        # A folder holding more frames than the sheet's grid and channels account for means a wrong
+        # frame_rows/frame_cols or a channel missing from the sheet: the frames would land in the wrong
+        # places without any error, so refuse it. The file one past the last expected one must not exist.
+        n_frames = self.rows * self.cols
+        last = len(self.channel_names) - 1
+        extra = self.path / frame_filename(self.pattern, n_frames, last, self.channel_names[last], n_frames)
+        if extra.exists() and extra not in {f for files in self._files for f in files}:
+            raise ValueError(
+                f"{self.path}: holds {extra.name}, beyond the {len(self.channel_names)} channel(s) x "
+                f"{self.rows} x {self.cols} frames the sample sheet describes; check frame_rows, frame_cols "
+                f"and that channels lists every channel of the folder ({self.channel_names})"
+            )
+
+    def _frame_header(self, file: Path) -> None:
+        """Check one frame's header: a readable TIFF, the first frame's shape and dtype, data within the file."""
+        tf = _open_tiff(file)
+        try:
+            series = tf.series[0]
+            if tuple(series.shape) != self.frame_shape or series.dtype.newbyteorder("=") != self.dtype:
+                raise ValueError(
+                    f"{file}: frame has shape {tuple(series.shape)} and dtype {series.dtype}, but the "
+                    f"folder's first frame has {self.frame_shape} and {self.dtype}"
+                )
+            _check_data_in_file(file, series)
+        finally:
+            tf.close()
 
     def _read(self, c: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return _assemble_region(lambda r, k: self._frame(c, r, k), self.frame_shape, (y0, y1, x0, x1), self.dtype)

@@ -21,6 +21,10 @@ from hemoprofile.io import atomic_output, create_ome_zarr_image, iter_tiles
 from hemoprofile.slide_sources import SlideSource
 
 
+#: Flat tiles listed by grid position ([row, col, value]) per channel in the provenance; more are counted.
+MAX_FLAT_TILES_RECORDED = 100
+
+
 def stored_dtype(dtype) -> np.dtype:
     """Return the dtype a slide is stored as: integers keep their own type, floats become float32.
 
@@ -72,6 +76,11 @@ def tile_slide(
     dict
         ``path``, ``shape`` (c, y, x), ``dtype`` (stored), ``n_tiles`` (all channels), ``seconds``,
         ``megapixels`` (all channels) and ``megapixels_per_second``.
+
+    Blank and saturated frames do not stop the run: a channel's flat tiles (every pixel one value) are
+    reported in a ``WARNING`` progress line, its pixels at an integer dtype's maximum in a progress line,
+    and both are recorded in the output's provenance (``flat_tiles``: ``n`` and the ``first`` [row, col, value];
+    ``saturated_pixels``: count per channel, None for float slides).
 
     Raises
     ------
@@ -127,9 +136,11 @@ def tile_slide(
             compression_level=compression_level,
             extra_attributes=provenance,
         )
-        minima, maxima = [], []
+        minima, maxima, flat_tiles, saturated = [], [], {}, {}
+        saturation = np.iinfo(dtype).max if not is_float else None
         for c, channel in enumerate(source.channel_names):
             lo, hi = None, None
+            flat, first_flat, n_saturated = [], None, 0
             for done, t in enumerate(tiles, start=1):
                 data = source.read_region(c, t.y0, t.y1, t.x0, t.x1)
                 if is_float:
@@ -138,15 +149,25 @@ def tile_slide(
                     tile_lo, tile_hi = data.min(), data.max()
                     lo = tile_lo if lo is None else min(lo, tile_lo)
                     hi = tile_hi if hi is None else max(hi, tile_hi)
+                    if tile_lo == tile_hi:
+                        flat.append([t.row, t.col, tile_lo.item()])
+                        first_flat = first_flat or f"y[{t.y0}:{t.y1}] x[{t.x0}:{t.x1}]"
+                    if saturation is not None and tile_hi == saturation:
+                        n_saturated += int(np.count_nonzero(data == saturation))
                 array[c, t.y0 : t.y1, t.x0 : t.x1] = data
                 if done % report_every == 0 or done == len(tiles):
                     say(f"tile {name} {channel}: {done}/{len(tiles)} tiles")
             minima.append(lo.item())
             maxima.append(hi.item())
+            flat_tiles[channel], saturated[channel] = flat, n_saturated
+            _warn_blank_or_saturated(say, f"tile {name} {channel}", flat, first_flat, n_saturated, len(tiles),
+                                     height * width)
         seconds = time.perf_counter() - start
         provenance.update(
             channel_min=dict(zip(source.channel_names, minima)),
             channel_max=dict(zip(source.channel_names, maxima)),
+            flat_tiles={ch: {"n": len(f), "first": f[:MAX_FLAT_TILES_RECORDED]} for ch, f in flat_tiles.items()},
+            saturated_pixels=saturated if saturation is not None else None,
             seconds=round(seconds, 3),
         )
         zarr.open_group(str(tmp), mode="r+").attrs["hemoprofile"] = provenance
@@ -163,6 +184,20 @@ def tile_slide(
         "megapixels": megapixels,
         "megapixels_per_second": rate,
     }
+
+
+def _warn_blank_or_saturated(say, where, flat, first_window, n_saturated, n_tiles, n_pixels) -> None:
+    """Say which tiles of a channel are flat (blank or saturated frames) and how many pixels saturate.
+
+    Neither stops the run: such frames happen on real scanners, and later stages cope (preprocess leaves
+    flat tiles and saturated pixels out of its statistics; segmentation finds no cells in a flat area).
+    """
+    if flat:
+        say(f"{where}: WARNING {len(flat)} of {n_tiles} tiles are flat (every pixel one value, a blank or "
+            f"saturated frame); first at {first_window} = {flat[0][2]}")
+    if n_saturated:
+        say(f"{where}: {n_saturated} pixels ({100 * n_saturated / n_pixels:.3g}%) are saturated "
+            f"(at the dtype's maximum)")
 
 
 def _finite_float32(data: np.ndarray, source: SlideSource, channel: str, t) -> np.ndarray:

@@ -4,10 +4,25 @@ table lists every case and the test that covers it; cases tested beside their mo
 
 from __future__ import annotations
 
-import pandas as pd
-import pytest
+import json
+import shutil
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import tifffile
+import yaml
+
+from hemoprofile import synth
 from hemoprofile.config import ConfigError, check_sample_channels, read_sample_sheet, validate_config
+from hemoprofile.extract import cells_schema, extract_slide, open_patches
+from hemoprofile.io import open_ome_zarr
+from hemoprofile.preprocess import preprocess_slide
+from hemoprofile.slide_sources import open_slide_source
+from hemoprofile.stitch import segment_slide
+from hemoprofile.tile import tile_slide
 
 HEADER = "slide\tpatient\tcondition\tpath\tformat\tchannels\tpixel_size_um\tframe_rows\tframe_cols\n"
 
@@ -95,3 +110,121 @@ def test_empty_sample_sheet_file_is_named(tmp_path):
     sheet.write_bytes(b"")
     with pytest.raises(ConfigError, match=r"samples\.tsv: cannot parse as a tab-separated sample sheet"):
         read_sample_sheet(sheet)
+
+
+# --- pixels: blank, saturated and cell-free slides run through every stage ---------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+CHANNELS = ["DAPI", "CK", "VIM", "CD45"]
+TILE = 128  # one tile per frame: a blank frame is a flat tile
+
+
+@pytest.fixture(scope="module")
+def demo_config():
+    """The demo's preprocess, segment (bundled Cellpose model), extract and gating settings."""
+    config = validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    config["segment"]["model"] = str(REPO / config["segment"]["model"])
+    return config
+
+
+@pytest.fixture(scope="module")
+def simulated_frames(tmp_path_factory, demo_config):
+    """A simulated 2 x 2-frame slide (128 px frames, about 60 cells) as an HDSCA frame folder."""
+    out = tmp_path_factory.mktemp("simulated")
+    synthetic = validate_config({"synthetic": {
+        "enabled": True, "seed": 3, "frame": {"height": 128, "width": 128}, "grid": {"rows": 2, "cols": 2},
+        "cells_per_frame": 15,
+        "conditions": {"control": {"patients": 1, "composition": {"CD4_T": 0.3, "granulocyte": 0.7}}}}})["synthetic"]
+    sample = synth.plan_cohort(synthetic, out).iloc[0]
+    synth.simulate_slide(synthetic, sample, out)
+    return Path(sample["path"])
+
+
+def frames_variant(simulated_frames, folder, change):
+    """Copy the simulated frame folder, replacing frame file i's pixels by ``change(i, pixels)``."""
+    shutil.copytree(simulated_frames, folder)
+    for file in sorted(folder.glob("Tile*.tif")):
+        index = int(file.stem[len("Tile"):]) - 1
+        tifffile.imwrite(file, change(index, tifffile.imread(file)))
+    return folder
+
+
+def run_stages(frames, out, config, progress=None):
+    """tile -> preprocess -> segment -> extract through the package functions; return the summaries."""
+    say = progress or (lambda _line: None)
+    with open_slide_source(frames, "frames", CHANNELS, frame_rows=2, frame_cols=2, pixel_size_um=0.65) as source:
+        tile_slide(source, out / "image.zarr", TILE, progress=say)
+    preprocess_slide(out / "image.zarr", out / "preprocessed.zarr", config["preprocess"], progress=say)
+    segmented = segment_slide(out / "preprocessed.zarr", out / "labels.zarr", config["segment"], progress=say)
+    extracted = extract_slide(out / "labels.zarr", out / "image.zarr", out / "preprocessed.zarr",
+                              out / "cells.parquet", out / "patches.zarr", out / "clusters.parquet",
+                              config["extract"], config["gating"], slide="S1", progress=say)
+    return segmented, extracted
+
+
+def assert_empty_but_well_formed(out, config):
+    """0 cells: every output exists and opens, with the full schema and an N = 0 patch array."""
+    assert open_ome_zarr(out / "labels.zarr").array[:].max() == 0
+    cells = pq.read_table(out / "cells.parquet")
+    assert cells.num_rows == 0
+    assert cells.schema.remove_metadata() == cells_schema(CHANNELS, config["gating"]["column"])
+    assert json.loads(cells.schema.metadata[b"hemoprofile"])["slide"] == "S1"
+    patches, attributes = open_patches(out / "patches.zarr")
+    assert patches.shape == (0, 4, 32, 32) and attributes["n_cells"] == 0
+    assert attributes["channel_names"] == CHANNELS
+    assert pq.read_table(out / "clusters.parquet").num_rows == 0
+
+
+@pytest.mark.parametrize("value", [0, 65535], ids=["all-zero", "saturated"])
+def test_blank_or_saturated_slide_runs_every_stage_to_empty_outputs(tmp_path, simulated_frames, demo_config, value):
+    frames = frames_variant(simulated_frames, tmp_path / "frames", lambda _i, pixels: np.full_like(pixels, value))
+    lines: list[str] = []
+    segmented, extracted = run_stages(frames, tmp_path, demo_config, lines.append)
+    assert segmented["n_objects"] == 0 and extracted["n_cells"] == 0
+    assert_empty_but_well_formed(tmp_path, demo_config)
+    # the tile log says what the frames are; preprocess writes the constant channels as zeros
+    assert sum("WARNING 4 of 4 tiles are flat" in line for line in lines) == 4
+    assert not open_ome_zarr(tmp_path / "preprocessed.zarr").array[:].any()
+
+
+def test_one_blank_and_one_saturated_frame_leave_the_other_frames_cells_alone(tmp_path, simulated_frames,
+                                                                             demo_config):
+    def spoil(index, pixels):  # frame 1 (top right) blank, frame 2 (bottom left) saturated, every channel
+        frame = index % 4
+        return np.zeros_like(pixels) if frame == 1 else np.full_like(pixels, 65535) if frame == 2 else pixels
+
+    _, clean = run_stages(simulated_frames, tmp_path / "clean", demo_config)
+    _, spoilt = run_stages(frames_variant(simulated_frames, tmp_path / "frames", spoil), tmp_path / "spoilt",
+                           demo_config)
+    statistics = open_ome_zarr(tmp_path / "spoilt" / "preprocessed.zarr").attributes["statistics"]
+    assert all(s["n_flat_tiles_skipped"] > 0 for s in statistics.values())
+
+    def cells_in_good_frames(name):  # frames 0 (top left) and 3 (bottom right), away from the bad ones
+        cells = pd.read_parquet(tmp_path / name / "cells.parquet")
+        top_left = (cells["y"] < 118) & (cells["x"] < 118)
+        bottom_right = (cells["y"] > 138) & (cells["x"] > 138)
+        return cells[top_left | bottom_right]
+
+    good_clean, good_spoilt = cells_in_good_frames("clean"), cells_in_good_frames("spoilt")
+    assert len(good_clean) >= 20
+    # without leaving the saturated frame out of the statistics, its 99.9th percentile would be
+    # saturation and the real cells would be squashed to near zero: about 1 cell found instead of 20+
+    assert abs(len(good_spoilt) - len(good_clean)) <= 0.1 * len(good_clean)
+    bad = pd.read_parquet(tmp_path / "spoilt" / "cells.parquet")
+    in_blank = (bad["y"] < 118) & (bad["x"] > 138)
+    assert in_blank.sum() == 0
+
+
+def test_slide_without_cells_runs_every_stage_to_empty_outputs(tmp_path, demo_config):
+    # background, uneven illumination and camera noise only, as a slide whose cells washed off looks
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:128, 0:128]
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(16):
+        light = 300.0 * (1 + 0.2 * np.sin(yy / 60 + index) * np.cos(xx / 70))
+        tifffile.imwrite(frames / f"Tile{index + 1:06d}.tif",
+                         (rng.poisson(light) + rng.normal(100, 12, light.shape)).astype(np.uint16))
+    segmented, extracted = run_stages(frames, tmp_path, demo_config)
+    assert segmented["n_objects"] == 0 and extracted["n_cells"] == 0
+    assert_empty_but_well_formed(tmp_path, demo_config)

@@ -179,6 +179,34 @@ def test_statistics_of_float_images_count_non_finite_pixels_and_bin_percentiles(
         assert abs(stats["percentiles"][percentile_key(q)] - np.percentile(finite, q)) <= bin_width
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_statistics_leave_out_flat_tiles_and_saturated_pixels(dtype):
+    # a blank (0) and a saturated frame drawn into the sample must not move the percentiles of the rest
+    image = synthetic_channel(9, shape=(256, 256))[None]
+    spoilt = image.copy()
+    spoilt[0, :64, :64] = 0  # a flat tile
+    spoilt[0, 64:128, :64] = 65535  # another
+    spoilt[0, 200, 200:210] = 65535  # ten saturated pixels in a tile with contrast
+    image, spoilt = image.astype(dtype), spoilt.astype(dtype)
+    stats = sample_channel_statistics(spoilt, 0, 64, 100, seed=0, percentiles=[0.5, 99.9])
+    assert stats["n_tiles_sampled"] == 16 and stats["n_flat_tiles_skipped"] == 2
+    kept = np.concatenate([image[0, 128:].ravel(), image[0, :128, 64:].ravel()])
+    if dtype == "uint16":
+        assert stats["n_saturated_excluded"] == 10
+        kept = np.concatenate([spoilt[0, 128:].ravel(), spoilt[0, :128, 64:].ravel()])
+        kept = kept[kept < 65535]
+        for q in (0.5, 50.0, 99.9):
+            assert stats["percentiles"][percentile_key(q)] == pytest.approx(np.percentile(kept, q), rel=1e-12)
+    else:  # floats have no saturation value: only the flat tiles are left out
+        assert stats["n_saturated_excluded"] == 0 and stats["max"] == 65535.0
+    assert stats["n_pixels"] == 14 * 64 * 64 - (10 if dtype == "uint16" else 0)
+    # nothing but flat tiles: they are what the slide is (a blank slide stays constant)
+    for value in (0, 65535):
+        blank = np.full((1, 128, 128), value, dtype)
+        flat = sample_channel_statistics(blank, 0, 64, 100, seed=0)
+        assert flat["constant"] and flat["min"] == flat["max"] == value and flat["n_flat_tiles_skipped"] == 0
+
+
 # --- per-channel steps ----------------------------------------------------------------------------------
 
 

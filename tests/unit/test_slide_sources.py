@@ -218,8 +218,8 @@ def test_empty_frame_file_is_named(tmp_path):
         open_slide_source(tmp_path / "frames", "frames", CHANNELS3, frame_rows=2, frame_cols=2)
 
 
-@pytest.mark.parametrize("bad", ["shape", "dtype", "truncated"])
-def test_inconsistent_or_damaged_frame_is_named_when_read(tmp_path, bad):
+@pytest.mark.parametrize("bad", ["shape", "dtype", "truncated", "not a tiff"])
+def test_inconsistent_or_damaged_frame_is_named_when_the_folder_is_opened(tmp_path, bad):
     image = reference_image((3, 70, 90), "uint16")
     write_frame_folder(tmp_path / "frames", image, 2, 2, "row-major")
     odd = tmp_path / "frames" / "Tile000006.tif"  # channel CK, frame 1 (top right)
@@ -227,12 +227,39 @@ def test_inconsistent_or_damaged_frame_is_named_when_read(tmp_path, bad):
         tifffile.imwrite(odd, image[1, :35, :44])
     elif bad == "dtype":
         tifffile.imwrite(odd, image[1, :35, 45:].astype("uint8"))
-    else:
+    elif bad == "truncated":
         odd.write_bytes(odd.read_bytes()[:200])
+    else:
+        odd.write_bytes(b"<html>proxy error</html>" * 20)
+    expected = {"shape": r"frame has shape \(35, 44\)", "dtype": "dtype uint8", "truncated": "truncated",
+                "not a tiff": "not a readable TIFF"}[bad]
+    # found from the headers alone, before any pixel is read
+    with pytest.raises(ValueError, match=rf"frames: 1 of 12 frame files are damaged.*Tile000006\.tif: .*{expected}"):
+        open_slide_source(tmp_path / "frames", "frames", CHANNELS3, frame_rows=2, frame_cols=2)
+
+
+def test_corrupt_compressed_frame_is_named_when_read(tmp_path):
+    image = reference_image((3, 70, 90), "uint16")
+    write_frame_folder(tmp_path / "frames", image, 2, 2, "row-major")
+    odd = tmp_path / "frames" / "Tile000006.tif"
+    tifffile.imwrite(odd, image[1, :35, 45:], compression="zlib")
+    with tifffile.TiffFile(odd) as tf:
+        offset = int(tf.pages[0].dataoffsets[0])
+    data = bytearray(odd.read_bytes())
+    data[offset : offset + 16] = b"\xff" * 16  # the header is intact, the pixel data is not
+    odd.write_bytes(bytes(data))
     with open_slide_source(tmp_path / "frames", "frames", CHANNELS3, frame_rows=2, frame_cols=2) as source:
         source.read_region(1, 0, 35, 0, 45)  # the intact neighbour reads fine
-        with pytest.raises(ValueError, match=r"Tile000006\.tif: "):
+        with pytest.raises(ValueError, match=r"Tile000006\.tif: cannot decode frame"):
             source.read_region(1, 0, 35, 0, 90)
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (1, 2)], ids=["a channel not in the sheet", "grid too small"])
+def test_frames_beyond_the_sheets_channels_and_grid_are_refused(tmp_path, grid):
+    write_frame_folder(tmp_path / "frames", reference_image((3, 70, 90), "uint16"), 2, 2, "row-major")
+    channels = CHANNELS3[:2] if grid == (2, 2) else CHANNELS3
+    with pytest.raises(ValueError, match=r"frames: holds Tile0000(09|07)\.tif, beyond the .* check frame_rows"):
+        open_slide_source(tmp_path / "frames", "frames", channels, frame_rows=grid[0], frame_cols=grid[1])
 
 
 def test_frame_folder_needs_grid_size(tmp_path):

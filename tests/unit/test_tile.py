@@ -199,3 +199,28 @@ def test_bad_tile_size(tmp_path):
     with open_slide_source(path, "tiff", ["DAPI"]) as source:
         with pytest.raises(ValueError, match="tile_size must be positive"):
             tile_slide(source, tmp_path / "image.zarr", 0, progress=None)
+
+
+def test_flat_tiles_and_saturated_pixels_are_reported_not_refused(tmp_path):
+    image = reference_image((3, 700, 900), "uint16", seed=9) // 2  # nothing saturated
+    image[0, :256, 256:512] = 0  # DAPI: one blank tile
+    image[1, 512:, :256] = 65535  # CK: one saturated (edge) tile
+    image[2, 5, 5:9] = 65535  # CD45: four saturated pixels
+    spec = write_slide(tmp_path, image, "ome-tiled")
+    lines: list[str] = []
+    with open_written(spec) as source:
+        tile_slide(source, tmp_path / "S1" / "image.zarr", TILE, progress=lines.append)
+    written = open_ome_zarr(tmp_path / "S1" / "image.zarr")
+    np.testing.assert_array_equal(written.array[:], image)
+    assert written.attributes["flat_tiles"] == {"DAPI": {"n": 1, "first": [[0, 1, 0]]},
+                                                "CK": {"n": 1, "first": [[2, 0, 65535]]},
+                                                "CD45": {"n": 0, "first": []}}
+    assert written.attributes["saturated_pixels"] == {"DAPI": 0, "CK": 188 * 256, "CD45": 4}
+    warnings = [line for line in lines if "WARNING" in line]
+    assert warnings == [
+        "tile S1 DAPI: WARNING 1 of 12 tiles are flat (every pixel one value, a blank or saturated frame); "
+        "first at y[0:256] x[256:512] = 0",
+        "tile S1 CK: WARNING 1 of 12 tiles are flat (every pixel one value, a blank or saturated frame); "
+        "first at y[512:700] x[0:256] = 65535",
+    ]
+    assert "tile S1 CD45: 4 pixels (0.000635%) are saturated (at the dtype's maximum)" in lines
