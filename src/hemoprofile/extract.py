@@ -838,7 +838,8 @@ def extract_slide(
         "nucleus_channel": nucleus_name, "nucleus_threshold": threshold if np.isfinite(threshold) else None,
         "inputs": {"labels": str(labels_path), "image": str(image_path), "preprocessed": str(preprocessed_path)},
     }
-    pass1_path = cells_path.with_name(f"{cells_path.name}.pass1-{os.getpid()}")
+    # named like atomic_output's temporary path, so the next run removes it when this one was killed
+    pass1_path = cells_path.with_name(f"{cells_path.name}.tmp-pass1-{os.getpid()}")
     accumulator = cell_clusters.ClusterAccumulator()
     n_cells, n_tiles = 0, 0
     try:

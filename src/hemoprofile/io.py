@@ -14,6 +14,7 @@ A label image (``labels.zarr``, ``truth_labels.zarr``) is the same with axes (y,
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import shutil
@@ -73,13 +74,23 @@ def halo_window(tile: Tile, halo: int, shape_yx: Sequence[int]) -> tuple[int, in
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Write a file or folder atomically: yield a temporary sibling path, rename it to ``path`` on success.
 
-    A killed or failed writer leaves only the temporary path (``<name>.tmp-<pid>``), never a partial
-    output under the final name; an existing output is replaced only once the new one is complete.
+    A failed writer removes its temporary path; a killed one (SIGKILL, a node that went down) leaves it
+    (``<name>.tmp-<pid>``), but never a partial output under the final name, and the next write of the
+    same output removes such leftovers first, so a crashed slide does not keep gigabytes of half an
+    image. An existing output is replaced only once the new one is complete. One writer per output at a
+    time is assumed, as Snakemake's lock on the working directory guarantees: a second, concurrent
+    writer of the same path would remove the first one's temporary path.
+
+    Example
+    -------
+    >>> with atomic_output(tmp_dir / "cells.parquet") as tmp:  # doctest: +SKIP
+    ...     table.to_parquet(tmp)
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    _remove(tmp)
+    for leftover in final.parent.glob(f"{glob.escape(final.name)}.tmp-*"):
+        _remove(leftover)
     try:
         yield tmp
     except BaseException:
