@@ -48,7 +48,8 @@ def row(slide="S1", file="a.tif", channels="DAPI,CK,VIM,CD45"):
 
 def test_sample_sheet_with_an_empty_required_cell_names_row_and_column(tmp_path):
     sheet = write_sheet(tmp_path, [row(), row("S2", "b.tif").replace("\tP1\t", "\t\t")])
-    with pytest.raises(ConfigError, match=r"samples\.tsv: invalid sample sheet:\n  row 2 \(S2\): column 'patient' is empty"):
+    message = r"samples\.tsv: invalid sample sheet:\n  row 2 \(S2\): column 'patient' is empty"
+    with pytest.raises(ConfigError, match=message):
         read_sample_sheet(sheet)
 
 
@@ -67,7 +68,8 @@ def test_sample_sheet_listing_one_file_under_two_names_is_refused(tmp_path):
 
 def test_sample_sheet_with_a_repeated_channel_name_is_refused(tmp_path):
     sheet = write_sheet(tmp_path, [row(channels="DAPI,CK,CK,CD45")])
-    with pytest.raises(ConfigError, match=r"(?s)samples\.tsv: .*row 1 \(S1\): channel name\(s\) CK appear more than once"):
+    message = r"(?s)samples\.tsv: .*row 1 \(S1\): channel name\(s\) CK appear more than once"
+    with pytest.raises(ConfigError, match=message):
         read_sample_sheet(sheet)
 
 
@@ -228,3 +230,15 @@ def test_slide_without_cells_runs_every_stage_to_empty_outputs(tmp_path, demo_co
     segmented, extracted = run_stages(frames, tmp_path, demo_config)
     assert segmented["n_objects"] == 0 and extracted["n_cells"] == 0
     assert_empty_but_well_formed(tmp_path, demo_config)
+    # and the classify stage writes a 0-row predictions table with its columns
+    from hemoprofile.classify import classify_slide, save_classifier
+    from hemoprofile.cnn import CellNetSpec, build_model
+
+    model = tmp_path / "classifier_ctc.pt"
+    save_classifier(model, build_model(CellNetSpec(4, 2, 32, widths=(4,), blocks=(1,))).eval(), "ctc",
+                    ["leukocyte", "CTC"], CHANNELS, 32)
+    summary = classify_slide(tmp_path / "patches.zarr", tmp_path / "cells.parquet", [str(model)],
+                             tmp_path / "predictions.parquet", device="cpu")
+    predictions = pq.read_table(tmp_path / "predictions.parquet")
+    assert summary["n_cells"] == 0 and predictions.num_rows == 0
+    assert {"cell_id", "p_ctc_CTC", "pred_ctc"} <= set(predictions.column_names)
