@@ -385,6 +385,22 @@ def _ome_channel_names(pixels: dict) -> list[str] | None:
     return [str(n) for n in names] if names and all(n is not None for n in names) else None
 
 
+def _check_channel_order(path: Path, sheet: Sequence[str], in_file: Sequence[str] | None) -> None:
+    """Refuse a sheet that lists the file's own channel names in another order.
+
+    The sheet's names win (files often carry generic names such as ``Channel:0:1``), but the same names
+    in another order can only mean the sheet is not in file order, and every channel would be mislabelled.
+    """
+    if not in_file or len(in_file) != len(sheet):
+        return
+    sheet_folded, file_folded = [n.casefold() for n in sheet], [n.casefold() for n in in_file]
+    if sorted(sheet_folded) == sorted(file_folded) and sheet_folded != file_folded:
+        raise ValueError(
+            f"{path}: the file's OME metadata names its channels {list(in_file)}, the sample sheet the same "
+            f"names in another order {list(sheet)}; list the channels in file order"
+        )
+
+
 class _TiffPlanes:
     """Region access to the channels of one TIFF series (or of one 2-D series per channel).
 
@@ -479,6 +495,7 @@ class TiffSlideSource(SlideSource):
         pixels = _ome_pixels(self._tf)
         self.pixel_size_um = pixel_size_um if pixel_size_um is not None else _ome_pixel_size_um(pixels)
         self.file_channel_names = _ome_channel_names(pixels)
+        _check_channel_order(path, self.channel_names, self.file_channel_names)
         self.storage = self._channels[0][0].storage
 
     def _read(self, c: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

@@ -123,6 +123,10 @@ def tile_slide(
     if getattr(source, "storage", None):
         provenance["source_storage"] = source.storage
 
+    in_file = getattr(source, "file_channel_names", None)
+    if in_file and [n.casefold() for n in in_file] != [n.casefold() for n in source.channel_names]:
+        say(f"tile {name}: WARNING the file names its channels {list(in_file)}; the sample sheet's names "
+            f"{list(source.channel_names)} are used (check that they are in file order)")
     start = time.perf_counter()
     with atomic_output(out_path) as tmp:
         array = create_ome_zarr_image(

@@ -107,6 +107,22 @@ def test_channel_names_that_fit_pass(tmp_path):
     check_sample_channels(read_sample_sheet(sheet), config, str(sheet))
 
 
+def test_ome_channel_names_in_another_order_than_the_sheet_are_refused(tmp_path):
+    path = tmp_path / "slide.ome.tif"
+    tifffile.imwrite(path, np.zeros((3, 20, 30), np.uint16), ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "CD45", "CK"]}})
+    with pytest.raises(ValueError, match=r"slide\.ome\.tif: the file's OME metadata names its channels "
+                                         r"\['DAPI', 'CD45', 'CK'\], the sample sheet the same names in another order"):
+        open_slide_source(path, "ome-tiff", ["DAPI", "CK", "CD45"])
+    # other names (generic, or the lab's own) are the sheet's to give: used, with a warning in the tile log
+    lines: list[str] = []
+    with open_slide_source(path, "ome-tiff", ["DAPI", "PanCK", "CD45"]) as source:
+        tile_slide(source, tmp_path / "S1" / "image.zarr", 64, progress=lines.append)
+    assert lines[0] == ("tile S1: WARNING the file names its channels ['DAPI', 'CD45', 'CK']; the sample sheet's "
+                        "names ['DAPI', 'PanCK', 'CD45'] are used (check that they are in file order)")
+    assert open_ome_zarr(tmp_path / "S1" / "image.zarr").channel_names == ["DAPI", "PanCK", "CD45"]
+
+
 def test_empty_sample_sheet_file_is_named(tmp_path):
     sheet = tmp_path / "samples.tsv"
     sheet.write_bytes(b"")
