@@ -1,5 +1,6 @@
 """A slide with a damaged frame fails its own tile job with a message naming the file, while
-``--keep-going`` finishes every other slide; a rerun after the fix runs only that slide's jobs."""
+``--keep-going`` finishes every other slide; a rerun after the fix runs only that slide's jobs. A channel
+name the sheet does not have stops the run before any job."""
 
 from __future__ import annotations
 
@@ -78,3 +79,16 @@ def test_truncated_frame_fails_only_its_slide_and_keep_going_finishes_the_others
     assert rerun.returncode == 0, rerun.stderr
     assert {p: p.stat().st_mtime_ns for p in (workdir / "results" / "P01_S1").iterdir()} == finished
     assert all((workdir / "results" / "P02_S1" / name).exists() for name in OUTPUTS)
+
+
+def test_channel_name_unknown_to_the_sheet_stops_the_run_before_any_job(own_slides):
+    workdir, _ = own_slides
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["segment"]["channels"] = {"nucleus": "Hoechst"}
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(workdir)
+    assert result.returncode != 0
+    assert ("samples.tsv: channel names do not fit the configuration:\n  slide(s) P01_S1, P02_S1: "
+            "segment.channels.nucleus names 'Hoechst', not among the channels ['DAPI', 'CK', 'VIM', 'CD45']"
+            ) in result.stdout + result.stderr
+    assert not (workdir / "results").exists()
