@@ -176,6 +176,21 @@ def test_patient_level_outputs_and_report(tiny_run):
         assert f'id="{section}"' in html, section
 
 
+@pytest.mark.slow
+def test_snakemake_report_builds_with_captions(tiny_run, tmp_path):
+    import zipfile
+
+    workdir, _ = tiny_run
+    target = tmp_path / "snakemake_report.zip"
+    snakemake(workdir, "--report", str(target))
+    with zipfile.ZipFile(target) as archive:
+        names = archive.namelist()
+        text = "".join(archive.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
+    assert any(n.endswith("report.html") for n in names)
+    assert any("patients.parquet" in n for n in names) and any("metrics.json" in n for n in names)
+    assert "two-stage patient model" in text  # a caption (workflow/report/patient_metrics.rst)
+
+
 def _mtimes(workdir, pattern):
     return {p: p.stat().st_mtime_ns for p in sorted((workdir / "results").glob(pattern))}
 
