@@ -71,6 +71,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from hemoprofile import io
 
@@ -127,6 +128,8 @@ class ReportInputs:
     patient_predictions : patient_predictions.parquet.
     benchmarks_dir : Snakemake benchmark TSVs (``<rule>/<wildcards>.tsv`` or ``<rule>.tsv``).
     provenance : from :func:`collect_provenance`.
+    truth_cells : synthetic cohorts only: ``truth_cells.parquet``, whose per-patient condition is shown
+        beside the predictions (the truth of blinded patients, whose sheet condition is 'unknown').
     """
 
     config: dict
@@ -143,6 +146,7 @@ class ReportInputs:
     patient_predictions: str | None = None
     benchmarks_dir: str | None = None
     provenance: dict = field(default_factory=dict)
+    truth_cells: str | None = None
 
 
 # --- provenance -------------------------------------------------------------------------------------------
@@ -1164,6 +1168,17 @@ _METRIC_NAMES = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accur
                  ("roc_auc", "ROC AUC"))
 
 
+def _true_conditions(path: str | None) -> dict[str, str]:
+    """patient -> simulated condition from a synthetic cohort's truth_cells.parquet ({} without one)."""
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        truth = pq.read_table(path, columns=["patient", "condition"]).to_pandas().drop_duplicates("patient")
+    except Exception:  # an unreadable truth table only loses this column
+        return {}
+    return dict(zip(truth["patient"].astype(str), truth["condition"].astype(str)))
+
+
 def _section_patients(ctx: _Context) -> str:
     inputs = ctx.inputs
     parts, available = [], 0
@@ -1178,6 +1193,9 @@ def _section_patients(ctx: _Context) -> str:
         if sheet is not None and "condition" in sheet and "condition" not in pred:
             conditions = dict(zip(sheet["patient"].astype(str), sheet["condition"].map(_condition_text)))
             pred.insert(1, "condition (sheet)", pred["patient"].astype(str).map(conditions))
+        truth = _true_conditions(inputs.truth_cells)
+        if truth:
+            pred.insert(2, "condition (simulated truth)", pred["patient"].astype(str).map(truth))
         parts.append("<p>Each patient's predicted state, with the model's probabilities (two stages: disease vs "
                      "control, then the disease subtype).</p>")
         parts.append(_table(pred, scroll=len(pred) > 25))

@@ -318,3 +318,19 @@ def test_an_unreadable_table_is_noted_with_the_reason_and_the_rest_still_renders
     assert f"slide S2: cells table {broken} is not readable" in summary
     assert "no predictions.parquet: 1 of 6 slides (S3)" in summary
     assert "P1" in doc.text["composition"] and "p = 0.970" in doc.text["rare_events"]
+
+
+def test_synthetic_truth_is_shown_beside_the_patient_predictions(full_inputs, tmp_path):
+    truth = tmp_path / "truth_cells.parquet"
+    pd.DataFrame({"patient": ["P1", "P1", "P2"], "condition": ["control", "control", "disease_b"]}).to_parquet(truth)
+    out = tmp_path / "report.html"
+    build_report(dataclasses.replace(full_inputs, truth_cells=str(truth)), out)
+    patients = parse(out).text["patients"]
+    assert "condition (simulated truth)" in patients and "disease_b" in patients
+    assert "condition (simulated truth)" not in parse_full_report_text(full_inputs, tmp_path)
+
+
+def parse_full_report_text(inputs, tmp_path):
+    out = tmp_path / "plain.html"
+    build_report(inputs, out)
+    return parse(out).text["patients"]

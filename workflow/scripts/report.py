@@ -27,6 +27,7 @@ result = build_report(
         patient_predictions=inputs.patient_predictions,
         benchmarks_dir=snakemake.params.benchmarks,
         provenance=collect_provenance(snakemake.params.repo),
+        truth_cells=inputs.get("truth_cells"),
     ),
     snakemake.output.html,
 )
