@@ -247,8 +247,11 @@ def test_failed_job_names_its_slurm_log_is_retried_with_more_memory_and_a_rerun_
     assert result.returncode != 0, output
     errors = re.findall(r"^Error in rule tile:\n((?:    .*\n)+)", output, re.M)
     assert errors, output
-    log = re.search(r"^    log: .*?(/\S*/\.snakemake/slurm_logs/rule_tile/" + bad_slide + r"/\d+\.log)", errors[-1], re.M)
-    assert log, f"the error report names no SLURM log:\n{errors[-1]}"
+    # Snakemake's own error block names the SLURM log; with show-failed-logs the failed job's log follows,
+    # and it holds the job's inner error blocks (which name only the rule log), so look at every block
+    slurm_log = r"^    log: .*?(/\S*/\.snakemake/slurm_logs/rule_tile/" + bad_slide + r"/\d+\.log)"
+    log = next((m for m in (re.search(slurm_log, block, re.M) for block in errors) if m), None)
+    assert log, f"no error report names a SLURM log:\n{errors}\n--- snakemake output ---\n{output[-8000:]}"
     assert Path(log.group(1)).is_file() and "Error" in Path(log.group(1)).read_text(), log.group(1)
     jobs = sacct_jobs(cluster, run_id(output))
     table = sacct_table(jobs)
