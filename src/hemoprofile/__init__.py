@@ -11,7 +11,7 @@ STAGE_VERSIONS = {
     "simulate": 1,
     "tile": 1,
     "preprocess": 2,
-    "segment": 1,
+    "segment": 2,
     "extract": 1,
     "classify": 1,
     "embed": 1,

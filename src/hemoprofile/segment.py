@@ -15,7 +15,8 @@ Two backends share one interface (:class:`ClassicalSegmenter`, :class:`CellposeS
 
 Intensity calibration
     Both backends see the same prepared input. The nucleus channel is scaled so its 1st and 99th
-    percentiles map to 0 and 1; each cytoplasm marker is scaled by its 1st and 99.9th percentiles and
+    percentiles map to 0 and 1; each cytoplasm marker is scaled by its 1st and 99.9th percentiles (the
+    range at least ``marker_min_span`` wide, so a marker dim on the whole slide is not stretched) and
     clipped at 0 (so a bright marker such as CK on a tumour cell cannot hide a dim one such as CD45), the
     markers are combined (``sum`` or ``max``) and the composite is scaled by its 1st and 99th
     percentiles. This is the input the project's own Cellpose model is trained on
@@ -193,7 +194,8 @@ def _combine_markers(window: np.ndarray, marker_ranges, combine: str) -> np.ndar
 WindowSource = Callable[[], Iterable[tuple[np.ndarray, tuple[slice, slice]]]]
 
 
-def calibrate_input(windows: WindowSource, n_channels: int, combine: str = "sum") -> InputCalibration:
+def calibrate_input(windows: WindowSource, n_channels: int, combine: str = "sum",
+                    marker_min_span: float = 0.0) -> InputCalibration:
     """Compute the intensity map of :class:`InputCalibration` from histograms of sampled windows.
 
     Parameters
@@ -202,13 +204,19 @@ def calibrate_input(windows: WindowSource, n_channels: int, combine: str = "sum"
         only pixels inside ``core`` (a pair of slices into the window) are counted. Called twice.
     n_channels : k, the number of selected channels (nucleus first, then cytoplasm markers).
     combine : how cytoplasm markers are combined, ``sum`` or ``max``.
+    marker_min_span : each cytoplasm marker's range is at least this wide (high >= low + span, in the
+        [0, 1] units of the input). A marker that is dim on the whole slide is then not stretched to
+        full range: without it, CK noise on a slide without CTCs filled the composite while slides with
+        CTCs kept it dark, which changed every leukocyte's outline with the slide's CTC content.
     """
     hists = np.zeros((n_channels, HIST_BINS), np.int64)
     for window, core in windows():
         for k in range(n_channels):
             hists[k] += _histogram(window[k][core], RAW_RANGE)
     ranges = [tuple(_hist_percentiles(hists[0], RAW_RANGE, INPUT_PERCENTILES))]
-    ranges += [tuple(_hist_percentiles(h, RAW_RANGE, MARKER_PERCENTILES)) for h in hists[1:]]
+    for h in hists[1:]:
+        low, high = _hist_percentiles(h, RAW_RANGE, MARKER_PERCENTILES)
+        ranges.append((low, max(high, low + float(marker_min_span))))
     if n_channels == 1:
         return InputCalibration(ranges, None, combine)
     composite_hist = np.zeros(HIST_BINS, np.int64)
@@ -230,6 +238,7 @@ DEFAULTS = {
     "diameter": 15.0,
     "channels": {"nucleus": "DAPI", "cytoplasm": ["CD45", "CK", "VIM"], "combine": "sum"},
     "normalisation": "slide",
+    "marker_min_span": 0.5,
     "sample_tiles": 16,
     "overlap_diameters": 2.5,
     "batch_tiles": 4,
@@ -275,7 +284,7 @@ class ClassicalSegmenter:
 
     def __init__(self, diameter: float = 15.0, smoothing_sigma: float = 1.0, peak_distance: float = 0.3,
                  threshold_scale: float = 1.0, cytoplasm_growth: float = 0.5, min_size: int = 15,
-                 combine: str = "sum"):
+                 combine: str = "sum", marker_min_span: float = 0.0):
         self.diameter = float(diameter)
         self.sigma = float(smoothing_sigma)
         self.min_distance = max(1, int(round(peak_distance * self.diameter)))
@@ -283,6 +292,7 @@ class ClassicalSegmenter:
         self.growth = float(cytoplasm_growth) * self.diameter
         self.min_size = int(min_size)
         self.combine = combine
+        self.marker_min_span = float(marker_min_span)
         self.calibration: InputCalibration | None = None
         self.nucleus_threshold = math.inf
         self.cytoplasm_threshold = math.inf
@@ -297,7 +307,7 @@ class ClassicalSegmenter:
 
     def calibrate(self, windows: WindowSource, n_channels: int) -> None:
         """Fix the intensity map and the Otsu thresholds of the smoothed nucleus and composite."""
-        self.calibration = calibrate_input(windows, n_channels, self.combine)
+        self.calibration = calibrate_input(windows, n_channels, self.combine, self.marker_min_span)
         nucleus_hist = np.zeros(HIST_BINS, np.int64)
         cyto_hist = np.zeros(HIST_BINS, np.int64)
         for window, core in windows():
@@ -541,7 +551,8 @@ class CellposeSegmenter:
     context = 0
 
     def __init__(self, model, diameter: float = 15.0, flow_threshold: float = 0.4, cellprob_threshold: float = 0.0,
-                 min_size: int = 15, normalisation: str = "slide", combine: str = "sum", model_name: str = ""):
+                 min_size: int = 15, normalisation: str = "slide", combine: str = "sum", model_name: str = "",
+                 marker_min_span: float = 0.0):
         self.model = model
         self.diameter = float(diameter)
         self.flow_threshold = float(flow_threshold)
@@ -549,6 +560,7 @@ class CellposeSegmenter:
         self.min_size = int(min_size)
         self.normalisation = normalisation
         self.combine = combine
+        self.marker_min_span = float(marker_min_span)
         self.model_name = model_name
         self.calibration: InputCalibration | None = None
         self.n_channels = 0
@@ -562,13 +574,14 @@ class CellposeSegmenter:
         """Fix the slide-wide intensity map (with ``normalisation: window`` only the channel count)."""
         self.n_channels = n_channels
         if self.normalisation == "slide":
-            self.calibration = calibrate_input(windows, n_channels, self.combine)
+            self.calibration = calibrate_input(windows, n_channels, self.combine, self.marker_min_span)
 
     def network_input(self, window: np.ndarray) -> np.ndarray:
         """The (y, x, 2) float32 network input of a selected window: [cytoplasm, nucleus] or [nucleus, 0]."""
         calibration = self.calibration
         if calibration is None:
-            calibration = calibrate_input(lambda: [(window, (slice(None), slice(None)))], window.shape[0], self.combine)
+            calibration = calibrate_input(lambda: [(window, (slice(None), slice(None)))], window.shape[0], self.combine,
+                                          self.marker_min_span)
         nucleus, cyto = calibration.prepare(window)
         second = np.zeros_like(nucleus) if cyto is None else nucleus
         return np.stack([nucleus if cyto is None else cyto, second], axis=-1).astype(np.float32)
@@ -624,14 +637,15 @@ def build_segmenter(segment_cfg: Mapping | None = None, model=None, device=None)
     if cfg["backend"] == "classical":
         c = cfg["classical"]
         return ClassicalSegmenter(cfg["diameter"], c["smoothing_sigma"], c["peak_distance"], c["threshold_scale"],
-                                  c["cytoplasm_growth"], cfg["min_size"], combine)
+                                  c["cytoplasm_growth"], cfg["min_size"], combine, cfg["marker_min_span"])
     if cfg["backend"] == "cellpose":
         if model is None:
             if is_model_file(cfg["model"]) and not Path(cfg["model"]).is_file():
                 raise FileNotFoundError(missing_model_message(cfg["model"]))
             model = load_cellpose_model(cfg["model"], pick_device(cfg["device"]) if device is None else device)
         return CellposeSegmenter(model, cfg["diameter"], cfg["flow_threshold"], cfg["cellprob_threshold"],
-                                 cfg["min_size"], cfg["normalisation"], combine, model_name=str(cfg["model"]))
+                                 cfg["min_size"], cfg["normalisation"], combine, model_name=str(cfg["model"]),
+                                 marker_min_span=cfg["marker_min_span"])
     raise ValueError(f"segment.backend {cfg['backend']!r} not one of classical, cellpose")
 
 

@@ -167,3 +167,36 @@ def test_settings_merge_nested_sections():
     cfg = segment_settings({"classical": {"peak_distance": 0.5}}, diameter=20)
     assert cfg["classical"]["peak_distance"] == 0.5 and cfg["classical"]["smoothing_sigma"] == 1.0
     assert cfg["diameter"] == 20 and cfg["channels"]["nucleus"] == "DAPI"
+
+
+def test_a_dim_marker_is_not_stretched_so_bright_cells_elsewhere_do_not_change_leukocyte_outlines():
+    """Leukocytes (DAPI nucleus, CD45 ring) in the left half; CK is noise there. Slide B adds one bright
+    CK cell in the right half, far from them. With marker_min_span the leukocytes' labels are the same
+    on both slides; without it CK noise is stretched to full range on slide A only and outlines move."""
+    from hemoprofile.segment import calibrate_input
+
+    rng = np.random.default_rng(3)
+    shape = (160, 320)
+    dapi, cd45 = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    for k in range(12):
+        cy, cx = 20 + 40 * (k // 4), 20 + 36 * (k % 4)
+        cd45[disk((cy, cx), 7, shape=shape)] = 0.6
+        dapi[disk((cy, cx), 4, shape=shape)] = 0.8
+    ck = rng.uniform(0.0, 0.08, shape).astype(np.float32)  # noise only
+    without_ctc = np.stack([dapi, ck, cd45])
+    with_ctc = without_ctc.copy()
+    with_ctc[1][disk((80, 260), 14, shape=shape)] = 1.0
+    with_ctc[0][disk((80, 260), 6, shape=shape)] = 0.6
+    left = (slice(None), slice(0, 200))
+    cfg = {"diameter": 14, "channels": {"nucleus": "DAPI", "cytoplasm": ["CD45", "CK"]}}
+
+    def leukocyte_labels(image, span):
+        return segment_image(image, ["DAPI", "CK", "CD45"], {**cfg, "marker_min_span": span})[left] > 0
+
+    np.testing.assert_array_equal(leukocyte_labels(without_ctc, 0.5), leukocyte_labels(with_ctc, 0.5))
+    assert (leukocyte_labels(without_ctc, 0.0) != leukocyte_labels(with_ctc, 0.0)).sum() > 10
+    # the calibration itself: the noise-only CK range is widened to the span, a bright one is kept
+    full = (slice(None), slice(None))
+    dim = calibrate_input(lambda: [(without_ctc, full)], 3, marker_min_span=0.5).marker_ranges[1]
+    bright = calibrate_input(lambda: [(with_ctc, full)], 3, marker_min_span=0.5).marker_ranges[1]
+    assert dim[1] - dim[0] == pytest.approx(0.5) and bright[1] > 0.9
