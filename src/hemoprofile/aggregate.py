@@ -108,7 +108,7 @@ def _read(path: str | os.PathLike | None, columns: Sequence[str] | None = None) 
 
 
 def _slide_cells(slide: str, files: Mapping[str, str]) -> tuple[pd.DataFrame, str]:
-    """One slide's cells with their type, CTC probability, latent cluster and cell-cluster id."""
+    """One slide's cells with their predicted type, latent cluster and cell-cluster id."""
     cells = _read(files["cells"], ["cell_id", "cluster_id", *MORPHOLOGY_FEATURES])
     predictions = _read(files["predictions"])
     if len(cells) != len(predictions) or not np.array_equal(cells["cell_id"], predictions["cell_id"]):
