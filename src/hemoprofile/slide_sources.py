@@ -660,15 +660,21 @@ class FrameFolderSource(SlideSource):
         """Check one frame's header: a readable TIFF, the first frame's shape and dtype, data within the file."""
         tf = _open_tiff(file)
         try:
-            series = tf.series[0]
-            if tuple(series.shape) != self.frame_shape or series.dtype.newbyteorder("=") != self.dtype:
-                raise ValueError(
-                    f"{file}: frame has shape {tuple(series.shape)} and dtype {series.dtype}, but the "
-                    f"folder's first frame has {self.frame_shape} and {self.dtype}"
-                )
-            _check_data_in_file(file, series)
+            self._checked_series(tf, file)
         finally:
             tf.close()
+
+    def _checked_series(self, tf, file: Path):
+        """The frame's first series, after checking its shape and dtype against the first frame's and
+        that its pixel data lies within the file."""
+        series = tf.series[0]
+        if tuple(series.shape) != self.frame_shape or series.dtype.newbyteorder("=") != self.dtype:
+            raise ValueError(
+                f"{file}: frame has shape {tuple(series.shape)} and dtype {series.dtype}, but the "
+                f"folder's first frame has {self.frame_shape} and {self.dtype}"
+            )
+        _check_data_in_file(file, series)
+        return series
 
     def _read(self, c: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return _assemble_region(lambda r, k: self._frame(c, r, k), self.frame_shape, (y0, y1, x0, x1), self.dtype)
@@ -680,13 +686,7 @@ class FrameFolderSource(SlideSource):
     def _decode(self, file: Path) -> np.ndarray:
         tf = _open_tiff(file)
         try:
-            series = tf.series[0]
-            if tuple(series.shape) != self.frame_shape or series.dtype.newbyteorder("=") != self.dtype:
-                raise ValueError(
-                    f"{file}: frame has shape {tuple(series.shape)} and dtype {series.dtype}, but the "
-                    f"folder's first frame has {self.frame_shape} and {self.dtype}"
-                )
-            _check_data_in_file(file, series)
+            series = self._checked_series(tf, file)
             try:
                 data = series.asarray()
             except Exception as err:  # codec errors on a damaged frame
