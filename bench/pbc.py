@@ -40,6 +40,7 @@ from hemoprofile.classify import (  # noqa: E402
     classification_metrics,
     fit_classifier,
     format_confusion,
+    load_classifier,
     predict_proba,
     save_classifier,
     stratified_split,
@@ -195,8 +196,15 @@ def main(argv=None) -> int:
         save_classifier(args.save, model, task="collection", classes=classes, channels=["R", "G", "B"],
                         patch_size=whole, input_size=args.size,
                         metadata={"data": "PBC (Acevedo et al. 2020, CC BY 4.0)", "figures": figures,
-                                  "crop_fraction": args.crop_fraction})
-        print(f"model written to {args.save}")
+                                  "crop_fraction": args.crop_fraction},
+                        half_weights=True)
+        # the file as shipped (float16 weights) scored again on the held-out images
+        saved = load_classifier(args.save)
+        saved_probs = predict_proba(saved.model, x_val, cpu, 256, args.tta, args.size)
+        figures["saved_file_accuracy"] = classification_metrics(y[val_idx], saved_probs.argmax(1).numpy(),
+                                                                classes)["accuracy"]
+        print(f"model written to {args.save} (float16 weights, model id {saved.model_id}): held-out accuracy "
+              f"{figures['saved_file_accuracy']:.4f} (TTA x{args.tta}) from the file")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

@@ -536,7 +536,8 @@ def _checkpoint(model: CellNet, task: str, classes: Sequence[str], channels: Seq
 
 def save_classifier(path: str | os.PathLike, model: CellNet, task: str, classes: Sequence[str],
                     channels: Sequence[str], patch_size: int, input_size: int | None = None,
-                    metadata: Mapping | None = None, children: Mapping[str, dict] | None = None) -> str:
+                    metadata: Mapping | None = None, children: Mapping[str, dict] | None = None,
+                    half_weights: bool = False) -> str:
     """Write a classifier file atomically and return its model id (:func:`model_id`).
 
     Parameters
@@ -548,8 +549,15 @@ def save_classifier(path: str | os.PathLike, model: CellNet, task: str, classes:
         edge (a centre crop of the patch when smaller).
     metadata : JSON-able provenance (training settings, metrics).
     children : hierarchical models only: lineage -> checkpoint dict (from :func:`classifier_checkpoint`).
+    half_weights : store convolution and linear weights as float16 (half the file, for bundled models);
+        they are loaded back into float32, the rounding moves logits by about 1e-3. Biases and
+        batch-norm statistics stay float32.
     """
     ckpt = _checkpoint(model, task, classes, channels, patch_size, input_size, metadata)
+    if half_weights:
+        ckpt["state_dict"] = {k: v.half() if v.is_floating_point() and v.ndim > 1 else v
+                              for k, v in ckpt["state_dict"].items()}
+        ckpt["metadata"]["weights_dtype"] = "float16 (convolution and linear weights; loaded into float32)"
     if children:
         ckpt["kind"] = HIERARCHICAL
         ckpt["children"] = dict(children)

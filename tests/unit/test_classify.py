@@ -227,6 +227,25 @@ def test_saved_model_round_trip_and_missing_channel(tmp_path):
         C.channel_index(CHANNELS, ["a", "b"], "x")
 
 
+def test_half_weights_file_is_smaller_and_predicts_alike(tmp_path):
+    from hemoprofile.cnn import CellNetSpec, build_model
+
+    torch.manual_seed(0)
+    net = build_model(CellNetSpec(4, 3, 16, widths=(16, 32), blocks=(1, 1))).eval()
+    args = ("immune", ["a", "b", "c"], CHANNELS, 16)
+    C.save_classifier(tmp_path / "full.pt", net, *args)
+    C.save_classifier(tmp_path / "half.pt", net, *args, half_weights=True)
+    assert (tmp_path / "half.pt").stat().st_size < 0.7 * (tmp_path / "full.pt").stat().st_size
+    full, half = C.load_classifier(tmp_path / "full.pt"), C.load_classifier(tmp_path / "half.pt")
+    assert next(half.model.parameters()).dtype == torch.float32  # loaded back into float32
+    assert "float16" in half.metadata["weights_dtype"]
+    x = np.random.default_rng(1).integers(0, 255, (16, 4, 16, 16), dtype=np.uint8)
+    dev = C.pick_device("cpu", False)
+    p_full, p_half = C.classifier_probabilities(full, x, dev), C.classifier_probabilities(half, x, dev)
+    assert not np.array_equal(p_full, p_half)  # the weights were rounded ...
+    assert np.allclose(p_full, p_half, atol=5e-3)  # ... by about float16's precision
+
+
 def test_clear_errors_name_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pt"):
         C.load_classifier(tmp_path / "nothere.pt")
