@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from hemoprofile.augment import AugmentConfig, augment_batch, centre_crop, dihedral, to_unit_float
 from hemoprofile.cnn import CellNet, CellNetSpec, WeightEMA, build_model, count_parameters, fuse_batchnorm
 from hemoprofile.devices import DeviceChoice, pick_device
-from hemoprofile.io import atomic_output, model_id
+from hemoprofile.io import CellIdsDigest, atomic_output, model_id
 
 log = logging.getLogger(__name__)
 
@@ -637,15 +637,30 @@ def load_classifier(path: str | os.PathLike) -> LoadedClassifier:
 # Patches and labels on disk
 
 
-def check_slide_patches(item, n_cells: int, array, names, channels, size):
-    """Check one slide's patches against its cells table and against the first slide's patches.
+def check_patches_match_cells(cells_path, cells: pd.DataFrame, patches_path, array, attributes: dict) -> None:
+    """Raise ``ValueError`` naming both files unless patch row i is cells row i's patch.
+
+    Checks the row counts and, when patches.zarr records ``cell_ids_sha256`` (the extract stage writes
+    it) and the table has ``cell_id``, that the table's ids in row order hash to it: a cells.parquet and
+    a patches.zarr from different runs (a run killed between extract's renames) are refused.
+    """
+    if len(cells) != array.shape[0]:
+        raise ValueError(f"{cells_path} has {len(cells)} rows but {patches_path} has {array.shape[0]} patches")
+    recorded = (attributes or {}).get("cell_ids_sha256")
+    if recorded and "cell_id" in cells and CellIdsDigest.of(cells["cell_id"].to_numpy()) != recorded:
+        raise ValueError(f"{patches_path} was not written with {cells_path}: their cell ids differ (outputs of "
+                         f"two different extract runs?); rerun the extract stage of this slide")
+
+
+def check_slide_patches(item, cells: pd.DataFrame, array, attributes, names, channels, size):
+    """Check one slide's patches against its cells table (:func:`check_patches_match_cells`) and against
+    the first slide's patches.
 
     Returns the cohort's ``(channels, patch size)``: taken from this slide when ``channels`` is None (the
-    first slide), else the ones given. Raises ``ValueError`` naming the files when the row counts differ
-    or the channels / patch size differ from the first slide's.
+    first slide), else the ones given. Raises ``ValueError`` naming the files when the patches do not
+    belong to the table or the channels / patch size differ from the first slide's.
     """
-    if n_cells != array.shape[0]:
-        raise ValueError(f"{item.cells} has {n_cells} rows but {item.patches} has {array.shape[0]} patches")
+    check_patches_match_cells(item.cells, cells, item.patches, array, attributes)
     if channels is None:
         return names, int(array.shape[-1])
     if names != channels or int(array.shape[-1]) != size:
@@ -864,14 +879,14 @@ def load_training_cells(items: Sequence[SlideInput], label_source: str, *, label
     rng = np.random.default_rng(seed)
     parts, channels, size = [], None, None
     for item in items:
-        array, names, _ = open_patch_array(item.patches)
+        array, names, attributes = open_patch_array(item.patches)
         # only the columns labels need: a real slide's table has millions of rows and dozens of columns
         import pyarrow.parquet as pq
 
         wanted = ["slide", "cell_id", "y", "x", "label", label_column, "patient", "group"]
         available = pq.read_schema(item.cells).names if os.path.exists(item.cells) else wanted
         cells = read_cells(item.cells, [c for c in dict.fromkeys(wanted) if c in available])
-        channels, size = check_slide_patches(item, len(cells), array, names, channels, size)
+        channels, size = check_slide_patches(item, cells, array, attributes, names, channels, size)
         raw = slide_raw_labels(item, cells, label_source, label_column=label_column, truth_cells=truth_cells,
                                label_table=label_table)
         keep = []
@@ -1237,10 +1252,9 @@ def classify_slide(patches_path: str | os.PathLike, cells_path: str | os.PathLik
 
     progress = progress or (lambda m: log.info(m))
     dev = pick_device(device, mixed_precision, threads=threads)
-    array, channels, _ = open_patch_array(patches_path)
+    array, channels, attributes = open_patch_array(patches_path)
     cells = read_cells(cells_path, ["slide", "cell_id"])
-    if len(cells) != array.shape[0]:
-        raise ValueError(f"{cells_path} has {len(cells)} rows but {patches_path} has {array.shape[0]} patches")
+    check_patches_match_cells(cells_path, cells, patches_path, array, attributes)
     models = [load_classifier(p) for p in model_paths]
     tasks = [m.task for m in models]
     if len(set(tasks)) != len(tasks):

@@ -213,9 +213,9 @@ def load_sample(items: Sequence[EmbedSlide], cells_per_slide: int, condition_on:
     channels = size = None
     any_labels = False
     for i, item in enumerate(items):
-        array, names, _ = open_patch_array(item.patches)
+        array, names, attributes = open_patch_array(item.patches)
         cells = _read_cells(item, with_position=bool(item.truth_labels and truth is not None))
-        channels, size = check_slide_patches(item, len(cells), array, names, channels, size)
+        channels, size = check_slide_patches(item, cells, array, attributes, names, channels, size)
         n = len(cells)
         rng = np.random.default_rng([int(seed), i])
         rows = np.sort(rng.choice(n, min(n, int(cells_per_slide)), replace=False)) if n else np.zeros(0, np.int64)
@@ -1091,19 +1091,18 @@ def embed_slide(model_path: str | os.PathLike | Embedder, patches_path: str | os
     ValueError naming the files when rows and patches disagree, or the patches' channels or size differ
     from the model's.
     """
-    from hemoprofile.classify import open_patch_array, read_cells
+    from hemoprofile.classify import check_patches_match_cells, open_patch_array, read_cells
 
     started = time.perf_counter()
     say = progress or (lambda m: log.info(m))
     emb = model_path if isinstance(model_path, Embedder) else load_embedder(model_path)
-    array, names, _ = open_patch_array(patches_path)
+    array, names, attributes = open_patch_array(patches_path)
     if names != emb.channels or int(array.shape[-1]) != emb.patch_size:
         raise ValueError(f"{patches_path}: channels {names} / patch size {array.shape[-1]} differ from the model's "
                          f"{emb.channels} / {emb.patch_size} ({emb.path})")
     cells = read_cells(cells_path, ["slide", "cell_id"]) if "slide" in pq.read_schema(cells_path).names \
         else read_cells(cells_path, ["cell_id"])
-    if len(cells) != array.shape[0]:
-        raise ValueError(f"{cells_path} has {len(cells)} rows but {patches_path} has {array.shape[0]} patches")
+    check_patches_match_cells(cells_path, cells, patches_path, array, attributes)
     slide = slide or (str(cells["slide"].iloc[0]) if len(cells) and "slide" in cells else os.path.basename(
         os.path.dirname(os.path.abspath(cells_path))))
     warning = None

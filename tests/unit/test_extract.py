@@ -346,4 +346,36 @@ def test_window_reader_returns_what_zarr_returns_and_keeps_few_chunks(tmp_path):
     for tile in io.iter_tiles((70, 90), 16):
         y0, y1, x0, x1 = io.halo_window(tile, 5, (70, 90))
         np.testing.assert_array_equal(reader.read(y0, y1, x0, x1), data[:, y0:y1, x0:x1])
-        assert len(reader.cache) <= 3 * 3 + 2 * 3
+        # the cache holds exactly the chunks this window meets: at most 3 x 3, whatever the slide size
+        met = {(cy, cx) for cy in range(y0 // 16, (y1 - 1) // 16 + 1) for cx in range(x0 // 16, (x1 - 1) // 16 + 1)}
+        assert set(reader.cache) == met and len(met) <= 9
+    # every chunk is decoded once per tile row whose window meets it (at most 3 times), not once per window
+    counting = WindowReader(array)
+    reads = []
+    counting.array = type("Counting", (), {"__getitem__": lambda _s, key: reads.append(key) or array[key],
+                                           "chunks": array.chunks, "shape": array.shape, "dtype": array.dtype})()
+    for tile in io.iter_tiles((70, 90), 16):
+        counting.read(*io.halo_window(tile, 5, (70, 90)))
+    chunk_reads = {}
+    for key in reads:
+        chunk = (key[-2].start // 16, key[-1].start // 16)
+        chunk_reads[chunk] = chunk_reads.get(chunk, 0) + 1
+    assert len(chunk_reads) == 5 * 6 and max(chunk_reads.values()) <= 3
+
+
+def test_patches_record_the_cell_ids_and_readers_refuse_a_table_from_another_run(tmp_path):
+    from hemoprofile.classify import check_patches_match_cells, open_patch_array
+
+    paths, *_ = make_slide(tmp_path, random_cells((96, 96), 12, seed=5))
+    summary, out = run(paths, tmp_path)
+    cells = pd.read_parquet(out["cells"])
+    array, _, attributes = open_patch_array(out["patches"])
+    assert summary["n_cells"] == len(cells) > 2
+    assert attributes["cell_ids_sha256"] == io.CellIdsDigest.of(cells["cell_id"].to_numpy())
+    check_patches_match_cells(out["cells"], cells, out["patches"], array, attributes)  # the same run: fine
+    # a table with as many rows from another run (here: another order of the ids) is refused, naming both files
+    other = cells.iloc[::-1].reset_index(drop=True)
+    with pytest.raises(ValueError, match=r"patches.zarr was not written with .*cells.parquet"):
+        check_patches_match_cells(out["cells"], other, out["patches"], array, attributes)
+    with pytest.raises(ValueError, match="has 2 rows but"):
+        check_patches_match_cells(out["cells"], cells.iloc[:2], out["patches"], array, attributes)
