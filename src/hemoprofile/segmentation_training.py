@@ -395,16 +395,29 @@ class Segmenter:
                 **eval_kwargs) -> tuple[np.ndarray, float]:
         """Segment a (2, row, column) input; returns the labels and the diameter used.
 
-        Without ``diameter`` it is estimated classically (:func:`estimate_diameter`); with ``refine``
-        the median equivalent diameter of the objects found is then compared with the one used, and
-        when they differ by more than :data:`REFINE_TOLERANCE` the image is segmented once more at the
-        found diameter (the net is trained for objects within about +-25% of ``diam_mean``).
+        Without ``diameter`` it is estimated classically (:func:`estimate_diameter`). When the model
+        finds nothing at the estimate, it tries :data:`EMPTY_RETRY_FACTORS` times the estimate in turn
+        and keeps the first that finds objects (the classical estimate can mistake bright parts of
+        large textured nuclei for objects, several-fold too small; an image with no objects costs
+        those extra passes). With ``refine`` the median equivalent diameter of the objects found is
+        then compared with the one used, and when they differ by more than :data:`REFINE_TOLERANCE` the
+        image is segmented once more at the found diameter (the net is trained for objects within about
+        +-25% of ``diam_mean``).
         """
         estimated = diameter is None
         if estimated:
             diameter = estimate_diameter(image2, self.diameter_factor, default=float(self.meta["diam_mean"]))
             diameter = min(diameter, max(8.0, min(image2.shape[-2:]) / 4))
         masks = self._eval(image2, diameter, eval_kwargs)
+        if estimated and masks.max() == 0:
+            for factor in EMPTY_RETRY_FACTORS:
+                retry = diameter * factor
+                if retry > min(image2.shape[-2:]) / 2:
+                    continue
+                found = self._eval(image2, retry, eval_kwargs)
+                if found.max() > 0:
+                    masks, diameter = found, retry
+                    break
         if estimated and refine and masks.max() > 0:
             found = label_diameter(masks)
             if found > 0 and abs(found / diameter - 1) > REFINE_TOLERANCE:
@@ -422,6 +435,9 @@ class Segmenter:
 #: Relative difference between the diameter used and the one found above which :meth:`Segmenter.segment`
 #: segments again at the found diameter.
 REFINE_TOLERANCE = 0.25
+#: Multiples of the estimated diameter :meth:`Segmenter.segment` tries, in order, when the model finds no
+#: object at the estimate.
+EMPTY_RETRY_FACTORS = (2.0, 4.0, 0.5)
 
 
 def load_segmenter(model_path: str | os.PathLike, device=None) -> Segmenter:

@@ -193,3 +193,31 @@ def test_training_writes_loadable_model(dsb, tmp_path, budget):
     assert seg.meta["nbase"] == [2, 8, 16, 32, 64] and seg.meta["dtype"] == "float16"
     masks, diameter = seg.segment(crops[0])
     assert masks.shape == crops[0].shape[1:] and diameter > 0
+
+
+def test_segment_retries_larger_diameters_when_nothing_is_found_at_the_estimate():
+    """A stand-in model that finds the 40 px discs only when told a diameter of at least 30 px."""
+    from skimage.draw import disk
+
+    truth = np.zeros((200, 200), np.int32)
+    for k, (y, x) in enumerate([(50, 50), (50, 150), (150, 100)], start=1):
+        truth[disk((y, x), 20, shape=truth.shape)] = k
+    image = np.stack([(truth > 0).astype(np.float32), np.zeros(truth.shape, np.float32)])
+    asked = []
+
+    class StandIn:
+        def eval(self, x, diameter, **kwargs):
+            asked.append(diameter)
+            return (truth if diameter >= 30 else np.zeros_like(truth),)
+
+    seg = st.Segmenter(model=StandIn(), meta={"diam_mean": 15.0}, diameter_factor=1.0)
+    masks, used = seg.segment(image, diameter=12.0)  # a given diameter is used as it is: no retry
+    assert masks.max() == 0 and asked == [12.0]
+    asked.clear()
+    estimate = 10.0  # a bad estimate: the estimator's factor scales its 40 px down to 10 px
+    seg.diameter_factor = estimate / st.estimate_diameter(image, 1.0)
+    masks, used = seg.segment(image)
+    assert asked[0] == pytest.approx(estimate) and asked[1:3] == [pytest.approx(20.0), pytest.approx(40.0)]
+    assert masks.max() == 3
+    # the refinement then measures the objects found (equivalent diameter 40 px) and settles there
+    assert used == pytest.approx(st.label_diameter(truth), rel=0.3)
