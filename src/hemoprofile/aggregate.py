@@ -62,7 +62,7 @@ def cell_type_names(tasks: Sequence[str]) -> list[str]:
     >>> cell_type_names(["lineage", "immune5", "ctc"])
     ['T', 'B', 'NK', 'granulocyte', 'monocyte', 'CTC']
     """
-    from hemoprofile.classify import HIERARCHICAL, task_classes
+    from hemoprofile.tasks import HIERARCHICAL, task_classes
 
     task = next((t for t in TYPE_TASKS if t in tasks), None)
     names = [] if task is None else task_classes("immune6" if task == HIERARCHICAL else task)
