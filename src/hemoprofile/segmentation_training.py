@@ -547,6 +547,7 @@ class TrainConfig:
     scale_range: float = 0.5
     seed: int = 0
     threads: int = 1
+    init_model: str | None = None
 
 
 def seconds_per_batch(cfg: TrainConfig, n_batches: int = 6) -> float:
@@ -662,11 +663,26 @@ def _train_with_train_seg(net, images, flows, probs, cfg: TrainConfig, work_dir:
             "final_train_loss": float(np.mean(train_losses[-10:]))}
 
 
+def _init_from(net, cfg: TrainConfig) -> None:
+    """Load ``cfg.init_model``'s weights into ``net`` (fine-tuning); its widths and diam_mean must match."""
+    path = Path(cfg.init_model)
+    if not path.exists() or not sidecar_path(path).exists():
+        raise FileNotFoundError(f"train_segmenter.init_model: {path} or its sidecar {sidecar_path(path).name} "
+                                f"does not exist")
+    start, meta = load_net(path)
+    if list(meta["nbase"]) != list(cfg.nbase) or float(meta["diam_mean"]) != float(cfg.diam_mean):
+        raise ValueError(f"train_segmenter.init_model {path} has nbase {meta['nbase']} and diam_mean "
+                         f"{meta['diam_mean']}; set train_segmenter.nbase and diam_mean to those to fine-tune it")
+    net.load_state_dict(start.state_dict())
+    log.info("starting from the weights of %s (fine-tuning)", path)
+
+
 def train_segmenter(train_images: Sequence[np.ndarray], train_labels: Sequence[np.ndarray], out_path: str | os.PathLike,
                     cfg: TrainConfig, n_dsb: int | None = None, val_sets: Mapping[str, tuple] | None = None,
                     work_dir: str | os.PathLike | None = None, metrics_path: str | os.PathLike | None = None,
                     extra_meta: Mapping | None = None) -> dict:
-    """Train a Cellpose ``CPnet`` from random weights; save it as fp16 + sidecar, and its metrics.
+    """Train a Cellpose ``CPnet`` from random weights (or from ``cfg.init_model``'s: fine-tuning); save it
+    as fp16 + sidecar, and its metrics.
 
     Parameters
     ----------
@@ -712,6 +728,8 @@ def train_segmenter(train_images: Sequence[np.ndarray], train_labels: Sequence[n
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     net = build_net(cfg.nbase, cfg.diam_mean)
+    if cfg.init_model:
+        _init_from(net, cfg)
     net.diam_labels.data = torch.Tensor([float(diams.mean())])
     if cfg.time_budget_min is None:
         record = _train_with_train_seg(net, images, flows, probs, cfg, work_dir, ckpt_dir)
@@ -823,11 +841,11 @@ def train_from_config(params: Mapping, model_path: str | os.PathLike, metrics_pa
     the synthetic section), synthetic_validation_slides, max_dsb_images (null = all), and the
     :class:`TrainConfig` fields (nbase, diam_mean, bsize, batch_size, learning_rate, weight_decay, steps,
     time_budget_min, images_per_epoch, warmup_steps, decay_fraction, checkpoint_minutes,
-    synthetic_weight, scale_range, seed, threads). Unknown keys are ignored.
+    synthetic_weight, scale_range, seed, threads, init_model). Unknown keys are ignored.
     ``synth_cfg`` is the config's ``synthetic`` section (its seed is replaced); None = DSB only.
     """
     fields = TrainConfig.__dataclass_fields__
-    nullable = ("steps", "time_budget_min")
+    nullable = ("steps", "time_budget_min", "init_model")
     cfg = TrainConfig(**{k: params[k] for k in fields if k in params and (params[k] is not None or k in nullable)})
     work_dir = Path(work_dir)
     synth_part = None

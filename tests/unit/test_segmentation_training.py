@@ -221,3 +221,29 @@ def test_segment_retries_larger_diameters_when_nothing_is_found_at_the_estimate(
     assert masks.max() == 3
     # the refinement then measures the objects found (equivalent diameter 40 px) and settles there
     assert used == pytest.approx(st.label_diameter(truth), rel=0.3)
+
+
+def test_training_can_start_from_a_model_file(dsb, tmp_path):
+    import torch
+
+    _, images, labels = dsb
+    crops, labs = tiny_crops(images, labels)
+    small = dict(nbase=[2, 8, 16, 32, 64], bsize=64, batch_size=4, images_per_epoch=4, steps=1, warmup_steps=1)
+    st.train_segmenter(crops, labs, tmp_path / "first.pt", st.TrainConfig(**small, seed=0), work_dir=tmp_path / "w1")
+    # a second run from the first one's weights, with a learning rate too small to move them, ends where it began
+    st.train_segmenter(crops, labs, tmp_path / "tuned.pt",
+                       st.TrainConfig(**{**small, "learning_rate": 1e-12}, seed=5, init_model=str(tmp_path / "first.pt")),
+                       work_dir=tmp_path / "w2")
+    st.train_segmenter(crops, labs, tmp_path / "scratch.pt",
+                       st.TrainConfig(**{**small, "learning_rate": 1e-12}, seed=5), work_dir=tmp_path / "w3")
+    first, tuned, scratch = (st.load_net(tmp_path / f"{name}.pt")[0].state_dict() for name in ("first", "tuned", "scratch"))
+    key = next(k for k, v in first.items() if v.ndim == 4)  # a convolution's weights
+    assert torch.allclose(first[key], tuned[key], atol=1e-3)
+    assert not torch.allclose(first[key], scratch[key], atol=1e-3)
+    with pytest.raises(ValueError, match=r"first.pt has nbase \[2, 8, 16, 32, 64\]"):
+        st.train_segmenter(crops, labs, tmp_path / "x.pt",
+                           st.TrainConfig(**{**small, "nbase": [2, 8, 16, 32]}, init_model=str(tmp_path / "first.pt")),
+                           work_dir=tmp_path / "w4")
+    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+        st.train_segmenter(crops, labs, tmp_path / "y.pt", st.TrainConfig(**small, init_model=str(tmp_path / "nothere.pt")),
+                           work_dir=tmp_path / "w5")
