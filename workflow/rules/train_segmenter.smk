@@ -11,7 +11,7 @@ from hemoprofile.segmentation_training import TRAINING_VERSION as SEGMENTER_TRAI
 rule train_segmenter:
     input:
         dsb_index=f"{config['train_segmenter']['dsb_dir']}/index.csv",
-        init_model=[config["train_segmenter"]["init_model"]] if config["train_segmenter"]["init_model"] else [],
+        init_model=[config["train_segmenter"]["init_model"]] if config["train_segmenter"].get("init_model") else [],
     output:
         model="models/trained/segmenter.pt",
         sidecar="models/trained/segmenter.pt.json",
