@@ -58,7 +58,7 @@ def simulate_cohort(workdir: Path, batch_effect: float, patients: int, seed: int
     """Simulate and process a small cohort (cached in workdir); return (results folder, plan)."""
     from hemoprofile.extract import extract_slide
     from hemoprofile.preprocess import preprocess_slide
-    from hemoprofile.slide_sources import open_slide_source
+    from hemoprofile.io.slide_sources import open_slide_source
     from hemoprofile.stitch import segment_slide
     from hemoprofile.tile import tile_slide
 

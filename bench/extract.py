@@ -54,7 +54,7 @@ def _synth_cfg(n_frames_rows: int, n_frames_cols: int) -> dict:
 def prepare(workdir: Path, target_cells: int) -> dict:
     """Simulate, tile and preprocess one slide of about ``target_cells`` cells (cached in workdir)."""
     from hemoprofile.preprocess import preprocess_slide
-    from hemoprofile.slide_sources import open_slide_source
+    from hemoprofile.io.slide_sources import open_slide_source
     from hemoprofile.tile import tile_slide
 
     n_frames = max(1, round(target_cells / KEPT_PER_FRAME))

@@ -1,6 +1,6 @@
 """Benchmark: 8-class peripheral blood cell classification on PBC, trained from scratch.
 
-Trains hemoprofile's CellNet (hemoprofile.cnn) with the package's training loop
+Trains hemoprofile's CellNet (hemoprofile.nn.cnn) with the package's training loop
 (hemoprofile.classify.fit_classifier) on a seeded, stratified 80/20 split of /work/shared/data/pbc
 (Acevedo et al. 2020, CC BY 4.0), within a wall-clock budget, and prints held-out accuracy, macro F1,
 the confusion matrix, training time (s/epoch) and inference throughput (cells/s) on the CPU and, when
@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hemoprofile.augment import AugmentConfig  # noqa: E402
+from hemoprofile.nn.augment import AugmentConfig  # noqa: E402
 from hemoprofile.classify import (  # noqa: E402
     TrainSettings,
     classification_metrics,
@@ -45,8 +45,8 @@ from hemoprofile.classify import (  # noqa: E402
     save_classifier,
     stratified_split,
 )
-from hemoprofile.cnn import CellNetSpec, build_model, count_parameters, fuse_batchnorm  # noqa: E402
-from hemoprofile.devices import pick_device  # noqa: E402
+from hemoprofile.nn.cnn import CellNetSpec, build_model, count_parameters, fuse_batchnorm  # noqa: E402
+from hemoprofile.nn.devices import pick_device  # noqa: E402
 
 PBC_DIR = Path(os.environ.get("HEMOPROFILE_PBC_DIR", "/work/shared/data/pbc"))
 BASELINES = {"Acevedo et al. 2020, fine-tuned VGG-16": 0.962,

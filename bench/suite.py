@@ -136,7 +136,7 @@ def _child_stage(job: dict) -> dict:
     """One stage through the function its workflow script calls, with the script's arguments."""
     stage, p, cfg, threads = job["stage"], job["paths"], job["config"], job["threads"]
     if stage == "tile":
-        from hemoprofile.slide_sources import open_slide_source
+        from hemoprofile.io.slide_sources import open_slide_source
         from hemoprofile.tile import tile_slide
 
         def run():
@@ -221,7 +221,7 @@ def _child_segment_overhead(job: dict) -> dict:
     import numpy as np
     import torch
 
-    from hemoprofile.devices import pick_device
+    from hemoprofile.nn.devices import pick_device
     from hemoprofile.segment import build_segmenter, load_cellpose_model, segment_settings
     from hemoprofile.stitch import segment_slide
 
@@ -291,7 +291,7 @@ def _child_classify_batch(job: dict) -> dict:
 
     from hemoprofile.classify import (channel_index, classifier_probabilities, classify_slide, load_classifier,
                                       open_patch_array)
-    from hemoprofile.devices import pick_device
+    from hemoprofile.nn.devices import pick_device
 
     p, c, threads = job["paths"], job["config"]["classify"], job["threads"]
     out = str(Path(p["work"]) / "predictions_batch.parquet")

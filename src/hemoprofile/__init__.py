@@ -2,8 +2,6 @@
 
 __version__ = "0.1.0"
 
-#: Channel names of an HDSCA-style immunofluorescence slide, in acquisition order.
-HDSCA_CHANNELS = ("DAPI", "CK", "VIM", "CD45")
 
 #: Version of each stage's output format and algorithm. Rules pass these as params, so bumping one
 #: reruns that stage (and what depends on it) and nothing else. Bump when a stage's output changes.

@@ -24,7 +24,6 @@ listed in the returned notes (the report shows them).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -33,9 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hemoprofile.io import atomic_output
-
-#: Preference order of the classification tasks that name a leukocyte's type (finest first).
-TYPE_TASKS = ("immune6", "hierarchical", "immune5", "lineage")
+from hemoprofile.io.tables import read_table
+from hemoprofile.vocabulary import CTC, TYPE_TASKS, cell_types  # noqa: F401
 
 #: cells.parquet columns summarised per cell type (median), with what they measure.
 MORPHOLOGY_FEATURES = {
@@ -49,68 +47,14 @@ MORPHOLOGY_FEATURES = {
     "mean_CD45": "mean raw CD45 intensity over the cell (ADU)",
 }
 
-CTC = "CTC"
 #: Cell clusters need at least this many cells to count.
 MIN_CLUSTER_SIZE = 2
 
 
-def cell_type_names(tasks: Sequence[str]) -> list[str]:
-    """The cell types a cohort's patient table has columns for, given the classification tasks run.
-
-    Example
-    -------
-    >>> cell_type_names(["lineage", "immune5", "ctc"])
-    ['T', 'B', 'NK', 'granulocyte', 'monocyte', 'CTC']
-    """
-    from hemoprofile.tasks import HIERARCHICAL, task_classes
-
-    task = next((t for t in TYPE_TASKS if t in tasks), None)
-    names = [] if task is None else task_classes("immune6" if task == HIERARCHICAL else task)
-    return names + ([CTC] if "ctc" in tasks else [])
-
-
-def cell_types(predictions: pd.DataFrame) -> tuple[np.ndarray, str]:
-    """One cell type per cell from a slide's predictions table, and the task it came from.
-
-    ``CTC`` where ``pred_ctc == "CTC"``; otherwise the prediction of the finest task of
-    :data:`TYPE_TASKS` present in the table.
-
-    Example
-    -------
-    >>> p = pd.DataFrame({"pred_immune5": ["T", "B", "T"], "pred_ctc": ["leukocyte", "leukocyte", "CTC"]})
-    >>> cell_types(p)
-    (array(['T', 'B', 'CTC'], dtype=object), 'immune5')
-    """
-    task = next((t for t in TYPE_TASKS if f"pred_{t}" in predictions), None)
-    if task is None and "pred_ctc" not in predictions:
-        raise ValueError(
-            f"predictions have no cell-type column: need pred_ctc or one of "
-            f"{', '.join('pred_' + t for t in TYPE_TASKS)}; columns are {list(predictions.columns)}"
-        )
-    if task is None:
-        types = np.full(len(predictions), "leukocyte", dtype=object)
-    else:
-        types = predictions[f"pred_{task}"].astype(str).to_numpy(dtype=object)
-    if "pred_ctc" in predictions:
-        types = np.where(predictions["pred_ctc"].astype(str).to_numpy() == CTC, CTC, types).astype(object)
-    return types, task or "ctc"
-
-
-def _read(path: str | os.PathLike | None, columns: Sequence[str] | None = None) -> pd.DataFrame | None:
-    if not path:
-        return None
-    try:
-        schema = pq.read_schema(path)
-    except Exception as err:  # pyarrow raises several types for a missing or broken file
-        raise ValueError(f"{path}: not a readable parquet file ({err})") from err
-    wanted = None if columns is None else [c for c in columns if c in schema.names]
-    return pq.read_table(path, columns=wanted).to_pandas()
-
-
 def _slide_cells(slide: str, files: Mapping[str, str]) -> tuple[pd.DataFrame, str]:
     """One slide's cells with their predicted type, latent cluster and cell-cluster id."""
-    cells = _read(files["cells"], ["cell_id", "cluster_id", *MORPHOLOGY_FEATURES])
-    predictions = _read(files["predictions"])
+    cells = read_table(files["cells"], ["cell_id", "cluster_id", *MORPHOLOGY_FEATURES])
+    predictions = read_table(files["predictions"])
     if len(cells) != len(predictions) or not np.array_equal(cells["cell_id"], predictions["cell_id"]):
         raise ValueError(
             f"slide {slide}: {files['predictions']} has {len(predictions)} rows that do not match the "
@@ -119,7 +63,7 @@ def _slide_cells(slide: str, files: Mapping[str, str]) -> tuple[pd.DataFrame, st
     types, task = cell_types(predictions) if len(predictions) else (np.array([], dtype=object), "")
     out = cells.copy()
     out["cell_type"] = types
-    embedding = _read(files.get("embedding"), ["cell_id", "cluster"])
+    embedding = read_table(files.get("embedding"), ["cell_id", "cluster"])
     if embedding is not None:
         if len(embedding) != len(cells) or not np.array_equal(embedding["cell_id"], cells["cell_id"]):
             raise ValueError(f"slide {slide}: {files['embedding']} rows do not match {files['cells']}")

@@ -33,7 +33,6 @@ model's id is the SHA-256 of its file (first 12 hex digits), written next to eve
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -50,11 +49,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from hemoprofile.augment import AugmentConfig, augment_batch, centre_crop, dihedral, to_unit_float
-from hemoprofile.cnn import CellNet, CellNetSpec, WeightEMA, build_model, count_parameters, fuse_batchnorm
-from hemoprofile.devices import DeviceChoice, pick_device
-from hemoprofile.io import CellIdsDigest, atomic_output, model_id
-from hemoprofile.tasks import (  # noqa: F401  (re-exported: part of this module's API)
+from hemoprofile.nn.augment import AugmentConfig, augment_batch, centre_crop, dihedral, to_unit_float
+from hemoprofile.nn.cnn import CellNet, CellNetSpec, WeightEMA, build_model, count_parameters, fuse_batchnorm
+from hemoprofile.nn.devices import DeviceChoice, pick_device
+from hemoprofile.io import atomic_output, model_id
+from hemoprofile.io.patches import check_patches_match_cells, check_slide_patches, open_patch_array, read_patch_rows  # noqa: F401
+from hemoprofile.io.tables import read_cells, read_label_table  # noqa: F401
+from hemoprofile.io.truth import match_truth, truth_cell_types  # noqa: F401
+from hemoprofile.vocabulary import (  # noqa: F401  (re-exported: part of this module's API)
     COLLECTION,
     HIERARCHICAL,
     LEUKOCYTE_TYPES,
@@ -344,8 +346,8 @@ def fit_classifier(
         ``augment.crop`` is set, training takes random crops of that size and validation the centre crop.
     y_train, y_val : class indices (int); ``x_val``/``y_val`` may be ``None`` (no early stopping).
     spec : the architecture; ``spec.n_classes`` must cover the labels.
-    augment, settings : see :class:`hemoprofile.augment.AugmentConfig` and :class:`TrainSettings`.
-    device : from :func:`hemoprofile.devices.pick_device` (default: ``auto``).
+    augment, settings : see :class:`hemoprofile.nn.augment.AugmentConfig` and :class:`TrainSettings`.
+    device : from :func:`hemoprofile.nn.devices.pick_device` (default: ``auto``).
     progress : called with one line per evaluation.
 
     Returns
@@ -576,185 +578,6 @@ def load_classifier(path: str | os.PathLike) -> LoadedClassifier:
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not a hemoprofile cell classifier")
     return _from_checkpoint(ckpt, path, model_id(path))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Patches and labels on disk
-
-
-def check_patches_match_cells(cells_path, cells: pd.DataFrame, patches_path, array, attributes: dict) -> None:
-    """Raise ``ValueError`` naming both files unless patch row i is cells row i's patch.
-
-    Checks the row counts and, when patches.zarr records ``cell_ids_sha256`` (the extract stage writes
-    it) and the table has ``cell_id``, that the table's ids in row order hash to it: a cells.parquet and
-    a patches.zarr from different runs (a run killed between extract's renames) are refused.
-    """
-    if len(cells) != array.shape[0]:
-        raise ValueError(f"{cells_path} has {len(cells)} rows but {patches_path} has {array.shape[0]} patches")
-    recorded = (attributes or {}).get("cell_ids_sha256")
-    if recorded and "cell_id" in cells and CellIdsDigest.of(cells["cell_id"].to_numpy()) != recorded:
-        raise ValueError(f"{patches_path} was not written with {cells_path}: their cell ids differ (outputs of "
-                         f"two different extract runs?); rerun the extract stage of this slide")
-
-
-def check_slide_patches(item, cells: pd.DataFrame, array, attributes, names, channels, size):
-    """Check one slide's patches against its cells table (:func:`check_patches_match_cells`) and against
-    the first slide's patches.
-
-    Returns the cohort's ``(channels, patch size)``: taken from this slide when ``channels`` is None (the
-    first slide), else the ones given. Raises ``ValueError`` naming the files when the patches do not
-    belong to the table or the channels / patch size differ from the first slide's.
-    """
-    check_patches_match_cells(item.cells, cells, item.patches, array, attributes)
-    if channels is None:
-        return names, int(array.shape[-1])
-    if names != channels or int(array.shape[-1]) != size:
-        raise ValueError(f"{item.patches}: channels {names} / patch size {array.shape[-1]} differ from the first "
-                         f"slide's {channels} / {size}")
-    return channels, size
-
-
-def open_patch_array(path: str | os.PathLike):
-    """Open a patches.zarr (N, C, P, P) read-only; return ``(array, channel_names, attributes)``.
-
-    Accepts the array at the folder's root (as :mod:`hemoprofile.extract` writes it) or a group holding
-    one 4-D array; attributes are read from the array, else the group (``hemoprofile`` key or top level).
-
-    Raises
-    ------
-    ValueError naming the path when it is not readable or holds no (N, C, P, P) array.
-    """
-    import zarr
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as err:  # zarr raises several types for a missing or broken store
-        raise ValueError(f"{path}: not a readable zarr store ({err})") from err
-    group_attrs = {}
-    if isinstance(node, zarr.Group):
-        group_attrs = dict(node.attrs)
-        arrays = [a for _, a in node.arrays() if a.ndim == 4]
-        if len(arrays) != 1:
-            raise ValueError(f"{path}: expected one (N, C, P, P) array in the zarr group, found {len(arrays)}")
-        node = arrays[0]
-    if node.ndim != 4 or node.shape[-1] != node.shape[-2]:
-        raise ValueError(f"{path}: patches must be (N, C, P, P) with square patches, got shape {node.shape}")
-    attrs = dict(node.attrs)
-    meta = dict(attrs.get("hemoprofile") or group_attrs.get("hemoprofile") or {**group_attrs, **attrs})
-    names = meta.get("channel_names") or meta.get("channels")
-    if not names:
-        names = [f"channel_{i}" for i in range(node.shape[1])]
-        log.warning("%s: no channel names in the attributes; using %s", path, names)
-    if len(names) != node.shape[1]:
-        raise ValueError(f"{path}: {len(names)} channel names for {node.shape[1]} channels")
-    return node, [str(n) for n in names], meta
-
-
-def read_patch_rows(array, rows: np.ndarray | None = None, block: int = 4096) -> np.ndarray:
-    """Read the given rows (ascending indices; ``None``: all) of a patches array, in blocks of rows."""
-    if rows is None:
-        return np.asarray(array[:])
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        return np.zeros((0, *array.shape[1:]), dtype=array.dtype)
-    if np.any(np.diff(rows) < 0):
-        raise ValueError("rows must be ascending")
-    out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
-    # read contiguous spans and pick rows from them: far fewer chunk decodes than per-row reads
-    start = 0
-    while start < len(rows):
-        lo = rows[start]
-        stop = int(np.searchsorted(rows, lo + block, side="left"))
-        span = np.asarray(array[lo:rows[stop - 1] + 1])
-        out[start:stop] = span[rows[start:stop] - lo]
-        start = stop
-    return out
-
-
-def read_cells(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read cells.parquet (only ``columns`` when given) with an error naming the file."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"cells table not found: {path}")
-    try:
-        import pyarrow.parquet as pq
-
-        available = pq.read_schema(path).names
-        if columns is not None:
-            missing = [c for c in columns if c not in available]
-            if missing:
-                raise ValueError(f"{path}: missing column(s) {missing}; has {available}")
-        return pd.read_parquet(path, columns=list(columns) if columns is not None else None)
-    except (OSError, ValueError) as err:
-        if isinstance(err, ValueError) and str(path) in str(err):
-            raise
-        raise ValueError(f"{path}: not a readable parquet table ({err})") from err
-
-
-def match_truth(cell_y: np.ndarray, cell_x: np.ndarray, truth_labels_path: str | os.PathLike) -> np.ndarray:
-    """The ground-truth cell id under each centroid (0: background or off the image).
-
-    Reads ``truth_labels.zarr`` one chunk at a time (only chunks holding centroids), so memory stays at a
-    chunk whatever the slide size. The centroid pixel is ``floor(y + 0.5), floor(x + 0.5)``, the
-    convention of :mod:`hemoprofile.extract`.
-    """
-    from hemoprofile.io import open_ome_zarr
-
-    array = open_ome_zarr(truth_labels_path).array
-    h, w = array.shape
-    cy, cx = array.chunks
-    yi = np.floor(np.asarray(cell_y, float) + 0.5).astype(np.int64)
-    xi = np.floor(np.asarray(cell_x, float) + 0.5).astype(np.int64)
-    out = np.zeros(len(yi), np.int64)
-    inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
-    idx = np.flatnonzero(inside)
-    chunk = (yi[idx] // cy) * ((w + cx - 1) // cx) + xi[idx] // cx
-    order = np.argsort(chunk, kind="stable")
-    idx, chunk = idx[order], chunk[order]
-    bounds = np.flatnonzero(np.diff(chunk)) + 1
-    for group in np.split(idx, bounds):
-        if not len(group):
-            continue
-        y0 = (yi[group[0]] // cy) * cy
-        x0 = (xi[group[0]] // cx) * cx
-        block = np.asarray(array[y0:min(y0 + cy, h), x0:min(x0 + cx, w)])
-        out[group] = block[yi[group] - y0, xi[group] - x0]
-    return out
-
-
-def truth_cell_types(cells: pd.DataFrame, truth_labels_path: str | os.PathLike, truth_cells: pd.DataFrame,
-                     slide: str) -> np.ndarray:
-    """The ground-truth cell type of each segmented cell (``None`` where its centroid is on background).
-
-    Parameters
-    ----------
-    cells : the slide's cells.parquet (needs ``y`` and ``x`` centroid columns, pixels).
-    truth_labels_path : the slide's ``truth_labels.zarr``.
-    truth_cells : truth_cells.parquet (the slide's rows, or the whole cohort's: filtered by ``slide``).
-    """
-    for column in ("y", "x"):
-        if column not in cells.columns:
-            raise ValueError(f"cells of slide {slide} have no centroid column {column!r}; columns: {list(cells.columns)}")
-    truth = truth_cells
-    if "slide" in truth.columns:
-        truth = truth[truth["slide"] == slide]
-    lookup = dict(zip(truth["cell_id"].to_numpy(np.int64), truth["cell_type"].astype(str)))
-    ids = match_truth(cells["y"].to_numpy(), cells["x"].to_numpy(), truth_labels_path)
-    return np.array([lookup.get(int(i)) if i else None for i in ids], dtype=object)
-
-
-def read_label_table(path: str | os.PathLike, label_column: str = "label") -> pd.DataFrame:
-    """Read a labels table (CSV, TSV or parquet) with columns slide, cell_id and ``label_column``."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"labels table not found: {path}")
-    if path.endswith(".parquet"):
-        table = pd.read_parquet(path)
-    else:
-        table = pd.read_csv(path, sep="\t" if path.endswith((".tsv", ".txt")) else ",")
-    missing = [c for c in ("slide", "cell_id", label_column) if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: labels table lacks column(s) {missing}; has {list(table.columns)}")
-    return table
 
 
 @dataclass
@@ -1257,186 +1080,3 @@ def classify_slide(patches_path: str | os.PathLike, cells_path: str | os.PathLik
 # Command line: single-cell collections (a folder in the PBC layout)
 
 #: Defaults of ``hemoprofile train-classifier`` on a collection of RGB crops (bench/pbc.py measures them).
-CLI_PATCH_SIZE = 112
-CLI_CROP_MARGIN = 8
-
-
-def _ingest(folder: Path, work: Path, patch_size: int, progress: Callable[[str], None]) -> tuple[Path, Path]:
-    """Ingest a collection folder (:func:`hemoprofile.collection.ingest_collection`); return (cells, patches).
-
-    An earlier ingestion in ``work`` at the same patch size is reused (``--work`` keeps it between runs).
-    """
-    from hemoprofile.collection import ingest_collection
-
-    if not Path(folder).is_dir():
-        raise FileNotFoundError(f"collection folder not found: {folder}")
-    cells, patches = work / "cells.parquet", work / "patches.zarr"
-    if cells.exists() and patches.exists():
-        try:
-            array, _, meta = open_patch_array(patches)
-            if int(array.shape[-1]) == int(patch_size) and meta.get("source") == str(folder):
-                progress(f"reusing {patches} ({array.shape[0]} cells)")
-                return cells, patches
-        except ValueError:
-            pass
-    work.mkdir(parents=True, exist_ok=True)
-    ingest_collection(folder, cells, patches, int(patch_size), progress=progress)
-    return cells, patches
-
-
-def _work_dir(args, tag: str):
-    """The ``--work`` folder (kept), or a temporary folder removed afterwards."""
-    import contextlib
-    import tempfile
-
-    if getattr(args, "work", None):
-        return contextlib.nullcontext(Path(args.work))
-    return _TemporaryFolder(tempfile.mkdtemp(prefix=f"hemoprofile-{tag}-"))
-
-
-class _TemporaryFolder:
-    def __init__(self, path):
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        import shutil
-
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _widths(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
-    return values
-
-
-def add_train_classifier_parser(subparsers) -> None:
-    """Add ``hemoprofile train-classifier COLLECTION_DIR --out MODEL`` to an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "train-classifier",
-        help="train a cell classifier on a labelled single-cell collection (PBC layout)",
-        description="Train a CellNet from scratch on a folder of labelled single-cell crops "
-                    "(images/<class>/*.jpg + labels.csv with path,label). Writes MODEL and MODEL's "
-                    "metrics next to it (<MODEL stem>.metrics.json), scored on a held-out stratified split.",
-    )
-    p.add_argument("collection", type=Path, metavar="COLLECTION_DIR")
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL", help="model file to write (.pt)")
-    p.add_argument("--metrics", type=Path, help="metrics JSON (default: MODEL with .metrics.json)")
-    p.add_argument("--epochs", type=int, default=60, help="maximum epochs (default 60)")
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock training budget in minutes")
-    p.add_argument("--patch-size", type=int, default=CLI_PATCH_SIZE,
-                   help=f"patch edge the collection is read at (default {CLI_PATCH_SIZE})")
-    p.add_argument("--crop-margin", type=int, default=CLI_CROP_MARGIN,
-                   help=f"network input = patch size - margin; random crops translate cells (default {CLI_CROP_MARGIN})")
-    p.add_argument("--widths", type=_widths, default=[32, 64, 128, 256], help="stage widths (default 32,64,128,256)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--patience", type=int, default=10, help="evaluations without improvement before stopping (0: never)")
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--test-fraction", type=float, default=0.15)
-    p.add_argument("--channel-dropout", type=float, default=0.0)
-    p.add_argument("--tta", type=int, default=8, choices=(1, 2, 4, 8), help="dihedral TTA at evaluation (default 8)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--work", type=Path, help="keep the ingested patches here (default: a temporary folder)")
-    p.set_defaults(func=train_classifier_command)
-
-
-def train_classifier_command(args) -> int:
-    """Run ``hemoprofile train-classifier``: ingest the collection, train task ``collection``, write model + metrics."""
-    def progress(message):
-        print(message, flush=True)
-
-    size = int(args.patch_size)
-    crop = size - int(args.crop_margin) if args.crop_margin and size - int(args.crop_margin) >= 8 else None
-    cfg = {
-        "label_source": "collection", "device": args.device, "tta": args.tta, "max_cells_per_label": None,
-        "model": {"widths": list(args.widths), "blocks": [1] * len(args.widths), "dropout": 0.1, "stem_stride": None},
-        "train": {"epochs": args.epochs, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
-                  "weight_decay": args.weight_decay, "label_smoothing": 0.1, "ema_decay": 0.995,
-                  "patience": args.patience, "eval_every": 1, "balanced": True},
-        "augment": {"dihedral": True, "crop": crop, "gain": 0.08, "offset": 0.03, "gamma": 0.0, "blur_sigma": 0.6,
-                    "blur_p": 0.25, "channel_dropout": args.channel_dropout},
-        "split": {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction},
-    }
-    metrics_path = args.metrics or args.out.with_name(args.out.stem + ".metrics.json")
-    with _work_dir(args, "train") as work:
-        cells, patches = _ingest(args.collection, work, size, progress)
-        device = pick_device(args.device, threads=args.threads)
-        progress(f"device: {device.description}")
-        data = load_training_cells([SlideInput(args.collection.name, str(cells), str(patches))], "collection",
-                                   seed=args.seed, progress=progress)
-        ckpt, metrics = train_task(data, COLLECTION, cfg, args.seed, device, progress)
-    mid = write_classifier(ckpt, metrics, args.out, metrics_path)
-    progress(format_confusion(metrics["test"]))
-    progress(f"wrote {args.out} (model id {mid}) and {metrics_path}")
-    return 0
-
-
-def add_classify_parser(subparsers) -> None:
-    """Add ``hemoprofile classify COLLECTION_DIR --model MODEL --out predictions.csv`` to a subparsers object."""
-    p = subparsers.add_parser(
-        "classify",
-        help="classify the cells of a single-cell collection with a trained model",
-        description="Predict every image of a collection folder (images/**/*.jpg|png|tif; labels.csv optional). "
-                    "Writes a CSV with path, predicted_label and one p_<class> column per class; when the "
-                    "collection has labels, prints accuracy, macro F1 and the confusion matrix.",
-    )
-    p.add_argument("collection", type=Path, metavar="COLLECTION_DIR")
-    p.add_argument("--model", type=Path, required=True, metavar="MODEL")
-    p.add_argument("--out", type=Path, required=True, metavar="CSV")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8))
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--work", type=Path, help="keep the ingested patches here (default: a temporary folder)")
-    p.set_defaults(func=classify_command)
-
-
-def classify_command(args) -> int:
-    """Run ``hemoprofile classify`` on a collection folder; write the predictions CSV atomically."""
-    def progress(message):
-        print(message, flush=True)
-
-    clf = load_classifier(args.model)
-    device = pick_device(args.device, threads=args.threads)
-    with _work_dir(args, "classify") as work:
-        cells_path, patches_path = _ingest(args.collection, work, clf.patch_size, progress)
-        cells = read_cells(cells_path)
-        array, channels, _ = open_patch_array(patches_path)
-        index = channel_index(clf.channels, channels, f"{args.model} on {args.collection}")
-        start = time.perf_counter()
-        probs = []
-        for lo in range(0, array.shape[0], args.batch_size):
-            probs.append(classifier_probabilities(clf, np.asarray(array[lo:lo + args.batch_size]), device,
-                                                  args.batch_size, args.tta, index=index))
-        probs = np.concatenate(probs) if probs else np.zeros((0, len(clf.output_classes)), np.float32)
-        seconds = time.perf_counter() - start
-    classes = clf.output_classes
-    path_column = "path" if "path" in cells.columns else None
-    out = pd.DataFrame({"path": cells[path_column] if path_column else cells["cell_id"].astype(str)})
-    out["predicted_label"] = np.array(classes, dtype=object)[probs.argmax(1)] if len(probs) else []
-    for j, c in enumerate(classes):
-        out[f"p_{c}"] = probs[:, j]
-    with atomic_output(args.out) as tmp:
-        out.to_csv(tmp, index=False)
-    progress(f"{len(out)} cells in {seconds:.1f} s ({len(out) / max(seconds, 1e-9):.0f} cells/s, {device.description}); "
-             f"model {clf.model_id}; wrote {args.out}")
-    if "label" in cells.columns and cells["label"].notna().any():
-        known = cells["label"].isin(classes).to_numpy()
-        if known.any():
-            index = {c: i for i, c in enumerate(classes)}
-            m = classification_metrics([index[v] for v in cells["label"][known]], probs[known].argmax(1), classes)
-            progress(f"against labels.csv: accuracy {m['accuracy']:.4f}, balanced accuracy "
-                     f"{m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {m['n']} labelled cells")
-            progress(format_confusion(m))
-    return 0

@@ -4,7 +4,7 @@ and honest clustering metrics.
 Stages (the workflow's ``embed`` rule family; scripts in workflow/scripts are thin adapters):
 
 - :func:`train_embedder`: draws up to ``cells_per_slide`` cells per slide (seeded), trains a
-  :class:`hemoprofile.vae.ConvVAE` (a cVAE when ``condition_on`` is ``slide``, ``batch`` or ``condition``),
+  :class:`hemoprofile.nn.vae.ConvVAE` (a cVAE when ``condition_on`` is ``slide``, ``batch`` or ``condition``),
   encodes the sample, fits the 2-D map (PCA) and the clustering (GMM or k-means, k given or chosen by
   BIC) on the sample's latent means, scores the clustering and writes one model file holding all of it
   plus a metrics JSON. Fitting map and clusters once, here, is what makes map coordinates and cluster
@@ -48,10 +48,13 @@ import pyarrow.parquet as pq
 import torch
 
 import hemoprofile
-from hemoprofile.augment import random_dihedral
-from hemoprofile.devices import DeviceChoice, pick_device
+from hemoprofile.nn.augment import random_dihedral
+from hemoprofile.nn.devices import DeviceChoice, pick_device
 from hemoprofile.io import atomic_output, model_id
-from hemoprofile.vae import ConvVAE, VAESpec, build_vae, vae_loss
+from hemoprofile.io.patches import check_patches_match_cells, check_slide_patches, open_patch_array, read_patch_rows
+from hemoprofile.io.tables import read_cells
+from hemoprofile.io.truth import truth_cell_types
+from hemoprofile.nn.vae import ConvVAE, VAESpec, build_vae, vae_loss
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +164,6 @@ class EmbedSample:
 
 
 def _read_cells(item: EmbedSlide, with_position: bool) -> pd.DataFrame:
-    from hemoprofile.classify import read_cells
-
     available = pq.read_schema(item.cells).names if os.path.exists(item.cells) else []
     wanted = ["slide", "cell_id"] + (["y", "x"] if with_position else []) + ["label"]
     return read_cells(item.cells, [c for c in wanted if c in available] or ["cell_id"])
@@ -172,8 +173,6 @@ def slide_labels(item: EmbedSlide, cells: pd.DataFrame, truth_cells: pd.DataFram
     """Each cell's reference label (truth cell type or collection ``label``), ``None`` where unknown;
     ``None`` overall when the slide has no labels at all."""
     if item.truth_labels and truth_cells is not None:
-        from hemoprofile.classify import truth_cell_types
-
         return truth_cell_types(cells, item.truth_labels, truth_cells, item.slide)
     if "label" in cells.columns:
         return np.array([v if isinstance(v, str) and v else None for v in cells["label"]], dtype=object)
@@ -183,8 +182,6 @@ def slide_labels(item: EmbedSlide, cells: pd.DataFrame, truth_cells: pd.DataFram
 def _truth_table(truth_cells) -> pd.DataFrame | None:
     if truth_cells is None or isinstance(truth_cells, pd.DataFrame):
         return truth_cells
-    from hemoprofile.classify import read_cells
-
     return read_cells(truth_cells, ["slide", "cell_id", "cell_type"])
 
 
@@ -205,8 +202,6 @@ def load_sample(items: Sequence[EmbedSlide], cells_per_slide: int, condition_on:
     ------
     ValueError naming the files when rows and patches disagree or slides differ in channels/patch size.
     """
-    from hemoprofile.classify import check_slide_patches, open_patch_array, read_patch_rows
-
     say = progress or (lambda m: log.info(m))
     truth = _truth_table(truth_cells)
     parts = []
@@ -1091,8 +1086,6 @@ def embed_slide(model_path: str | os.PathLike | Embedder, patches_path: str | os
     ValueError naming the files when rows and patches disagree, or the patches' channels or size differ
     from the model's.
     """
-    from hemoprofile.classify import check_patches_match_cells, open_patch_array, read_cells
-
     started = time.perf_counter()
     say = progress or (lambda m: log.info(m))
     emb = model_path if isinstance(model_path, Embedder) else load_embedder(model_path)

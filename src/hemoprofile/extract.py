@@ -94,10 +94,12 @@ import pyarrow.parquet as pq
 import zarr
 from scipy import ndimage
 from skimage.filters import threshold_otsu
-from zarr.codecs import BloscCodec, BloscShuffle
 
 import hemoprofile
 from hemoprofile import cell_clusters, gating, io
+from hemoprofile.io.patches import PATCH_CHUNK_CELLS, PatchWriter, patch_attributes, to_patch_dtype  # noqa: F401
+from hemoprofile.io.tables import cells_schema
+from hemoprofile.vocabulary import to_unit
 
 #: Stage version written into the outputs' provenance; the rule passes the same as params. Bump when
 #: the outputs change (hemoprofile.STAGE_VERSIONS["extract"] takes precedence once it is listed there).
@@ -121,7 +123,6 @@ PATCH_DTYPES = ("uint8", "uint16", "float16")
 
 #: Cells per zarr chunk of patches.zarr: 256 x 1 x 32 x 32 uint8 = 256 KiB raw per chunk, large enough
 #: for good compression, small enough that a training batch reads little more than it needs.
-PATCH_CHUNK_CELLS = 256
 
 #: Rows per parquet row group of cells.parquet (bounds the table rows held in memory).
 ROW_GROUP_ROWS = 16384
@@ -160,34 +161,7 @@ def resolve_extract(extract_cfg: Mapping | None) -> dict:
     return cfg
 
 
-def cells_schema(channel_names: Sequence[str], gate_column: str | None = None) -> pa.Schema:
-    """Return the arrow schema of cells.parquet for these channels (see the module docstring)."""
-    fields = [
-        ("slide", pa.string()), ("cell_id", pa.int64()), ("tile", pa.int32()),
-        ("y", pa.float64()), ("x", pa.float64()), ("y_um", pa.float64()), ("x_um", pa.float64()),
-        ("bbox_y0", pa.int32()), ("bbox_x0", pa.int32()), ("bbox_y1", pa.int32()), ("bbox_x1", pa.int32()),
-        ("area", pa.int32()), ("area_um2", pa.float32()), ("perimeter", pa.float32()),
-        ("eccentricity", pa.float32()), ("solidity", pa.float32()),
-        ("nucleus_area", pa.int32()), ("nucleus_ratio", pa.float32()),
-    ]
-    for c in channel_names:
-        fields += [(f"mean_{c}", pa.float32()), (f"max_{c}", pa.float32()), (f"integrated_{c}", pa.float64())]
-    fields += [(f"texture_{c}", pa.float32()) for c in channel_names]
-    fields += [("at_border", pa.bool_()), ("cluster_id", pa.int64())]
-    if gate_column:
-        fields.append((gate_column, pa.string()))
-    return pa.schema(fields)
-
-
 # --- measuring cells in a window -----------------------------------------------------------------------------
-
-
-def to_unit(values: np.ndarray) -> np.ndarray:
-    """Preprocessed pixels -> float32 in [0, 1] (integers were stored scaled to their full range)."""
-    values = np.asarray(values)
-    if np.issubdtype(values.dtype, np.integer):
-        return values.astype(np.float32) / np.float32(np.iinfo(values.dtype).max)
-    return np.clip(values.astype(np.float32, copy=False), 0.0, 1.0)
 
 
 def _perimeters(comp: np.ndarray, n: int) -> np.ndarray:
@@ -451,113 +425,6 @@ def cut_patches(
             drop |= (lab == 0) & ~near
         patches = np.where(drop[:, None], np.zeros((), patches.dtype), patches)
     return np.ascontiguousarray(patches)
-
-
-def to_patch_dtype(unit: np.ndarray, dtype: str) -> np.ndarray:
-    """[0, 1] floats -> the stored patch dtype (integers scaled to their full range and rounded)."""
-    dt = np.dtype(dtype)
-    if np.issubdtype(dt, np.integer):
-        return np.rint(np.clip(unit, 0.0, 1.0) * np.float32(np.iinfo(dt).max)).astype(dt)
-    return unit.astype(dt)
-
-
-# --- patches.zarr -----------------------------------------------------------------------------------------
-
-
-class PatchWriter:
-    """Append patches to an (N, C, P, P) zarr v3 array in whole chunks; memory: one chunk of patches.
-
-    Used by :func:`extract_slide` and :func:`hemoprofile.collection.ingest_collection`; close it (or use it
-    as a context manager) to write the last partial chunk and the final size.
-    """
-
-    def __init__(self, path, n_channels: int, patch_size: int, dtype: str, attributes: Mapping,
-                 compression_level: int = 5, chunk_cells: int = PATCH_CHUNK_CELLS) -> None:
-        self.shape_tail = (int(n_channels), int(patch_size), int(patch_size))
-        self.dtype = np.dtype(dtype)
-        self.chunk = int(chunk_cells)
-        # Channel-wise chunks and the shuffle by dtype, measured on dense synthetic patches (32 px, zstd 5):
-        # one channel per chunk is 12% smaller than all four together; for uint8 no shuffle beats
-        # bitshuffle by 11% (byte shuffle is a no-op on 1-byte values, bit planes of noisy 8-bit data
-        # compress worse), for 16-bit byte shuffle beats bitshuffle by 13%.
-        shuffle = BloscShuffle.noshuffle if self.dtype.itemsize == 1 else BloscShuffle.shuffle
-        self.array = zarr.create_array(
-            str(path), shape=(0, *self.shape_tail), chunks=(self.chunk, 1, *self.shape_tail[1:]),
-            dtype=self.dtype, fill_value=0, zarr_format=3,
-            compressors=(BloscCodec(cname="zstd", clevel=int(compression_level), shuffle=shuffle),),
-            dimension_names=("cell", "c", "y", "x"), attributes={"hemoprofile": dict(attributes)},
-        )
-        self.buffer = np.zeros((self.chunk, *self.shape_tail), self.dtype)
-        self.filled = 0
-        self.written = 0
-
-    def append(self, patches: np.ndarray) -> None:
-        """Append (n, C, P, P) patches (their dtype must be the array's)."""
-        patches = np.asarray(patches)
-        if patches.shape[1:] != self.shape_tail:
-            raise ValueError(f"patches of shape {patches.shape[1:]} do not fit {self.shape_tail}")
-        start = 0
-        while start < len(patches):
-            take = min(self.chunk - self.filled, len(patches) - start)
-            self.buffer[self.filled : self.filled + take] = patches[start : start + take]
-            self.filled += take
-            start += take
-            if self.filled == self.chunk:
-                self._flush()
-
-    def _flush(self) -> None:
-        if not self.filled:
-            return
-        end = self.written + self.filled
-        self.array.resize((end, *self.shape_tail))
-        self.array[self.written : end] = self.buffer[: self.filled]
-        self.written = end
-        self.filled = 0
-
-    def close(self, **extra_attributes) -> int:
-        """Write what is buffered, record ``n_cells`` (and ``extra_attributes``); return the number of patches."""
-        self._flush()
-        attrs = dict(self.array.attrs.get("hemoprofile", {}))
-        attrs.update(extra_attributes, n_cells=self.written)
-        self.array.attrs["hemoprofile"] = attrs
-        return self.written
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if exc[0] is None:
-            self.close()
-
-
-def patch_attributes(channel_names, patch_size, dtype, **more) -> dict:
-    """The ``hemoprofile`` attributes of a patches.zarr array (see the module docstring)."""
-    return {
-        "channel_names": [str(c) for c in channel_names],
-        "patch_size": int(patch_size),
-        "dtype": str(np.dtype(dtype)),
-        "dtype_policy": ("values are [0, 1] intensities; uint8 = round(v * 255), uint16 = round(v * 65535), "
-                         "float16 = v"),
-        "row_order": "row i is row i of cells.parquet",
-        **more,
-    }
-
-
-def open_patches(path: str | os.PathLike) -> tuple[zarr.Array, dict]:
-    """Open a patches.zarr array read-only; return ``(array, attributes)``.
-
-    Raises
-    ------
-    ValueError naming the path when it is not an (N, C, P, P) patches array written by hemoprofile.
-    """
-    try:
-        array = zarr.open_array(str(path), mode="r")
-    except Exception as err:  # zarr raises several types for a missing or broken store
-        raise ValueError(f"{path}: not a readable zarr array ({err})") from err
-    attrs = dict(array.attrs.get("hemoprofile", {}))
-    if array.ndim != 4 or "channel_names" not in attrs:
-        raise ValueError(f"{path}: not a hemoprofile patches array (shape {array.shape}, attributes {sorted(attrs)})")
-    return array, attrs
 
 
 # --- the slide ---------------------------------------------------------------------------------------------

@@ -23,11 +23,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from hemoprofile.io import atomic_output  # noqa: E402
+from hemoprofile.io.patches import open_patch_array  # noqa: E402
+from hemoprofile.vocabulary import channel_rgb  # noqa: E402
 
 #: Display colours of known fluorescence channels (RGB weights), as hemoprofile.synth.composite_rgb.
-CHANNEL_RGB = {"DAPI": (0.0, 0.0, 1.0), "CK": (1.0, 0.0, 0.0), "VIM": (0.0, 0.8, 0.0), "CD45": (0.6, 0.6, 0.6),
-               "R": (1.0, 0.0, 0.0), "G": (0.0, 1.0, 0.0), "B": (0.0, 0.0, 1.0)}
-
 #: Figure outputs :func:`cohort_figures` can write, by key.
 FIGURE_KEYS = ("cluster", "slide", "condition", "batch", "label", "prediction", "reconstructions")
 
@@ -36,7 +35,7 @@ def composite(patches: np.ndarray, channels: Sequence[str]) -> np.ndarray:
     """RGB images (N, P, P, 3) in [0, 1] of [0, 1] patches (N, C, P, P).
 
     RGB collections (channels R, G, B) are shown as they are; fluorescence channels are mixed with
-    :data:`CHANNEL_RGB` after stretching each channel to its 99.5th percentile over the shown patches
+    :data:`hemoprofile.vocabulary.CHANNEL_RGB` after stretching each channel to its 99.5th percentile over the shown patches
     (dim markers such as CK would otherwise be invisible beside DAPI); other channels are grey.
 
     Example
@@ -53,7 +52,7 @@ def composite(patches: np.ndarray, channels: Sequence[str]) -> np.ndarray:
         channel = x[:, c]
         positive = channel[channel > 0]
         hi = max(float(np.percentile(positive, 99.5)) if positive.size else 1.0, 1e-3)
-        weight = np.asarray(CHANNEL_RGB.get(name, (0.5, 0.5, 0.5)), np.float32)
+        weight = np.asarray(channel_rgb(name), np.float32)
         out += np.clip(channel / hi, 0, 1)[..., None] * weight
     return np.clip(out, 0, 1)
 
@@ -223,8 +222,6 @@ def cohort_figures(model_path: str | os.PathLike, embedding_paths: Sequence[str]
         n = int(cfg["figures"]["reconstructions"])
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(len(frame), min(n, len(frame)), replace=False)) if len(frame) else np.zeros(0, int)
-        from hemoprofile.classify import open_patch_array
-
         originals, cats, titles = [], [], []
         for j in pick:
             item = by_slide[str(slides[j])]

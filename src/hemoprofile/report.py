@@ -74,6 +74,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from hemoprofile import io
+from hemoprofile.io.patches import open_patch_array
+from hemoprofile.vocabulary import channel_rgb, to_unit
 
 #: Report sections: (id, title), in the order they appear.
 SECTIONS: list[tuple[str, str]] = [
@@ -448,7 +450,7 @@ def _note_missing(notes: _Notes, slide: str, path, name: str, why: str) -> None:
 
 def _read_slide(info: _Slide, notes: _Notes) -> None:
     """Fill ``info`` from the slide's cells, predictions and clusters tables (one slide in memory)."""
-    from hemoprofile.aggregate import TYPE_TASKS, cell_types
+    from hemoprofile.vocabulary import TYPE_TASKS, cell_types
 
     paths = info.paths
     if not paths:
@@ -531,7 +533,7 @@ def _read_slide(info: _Slide, notes: _Notes) -> None:
 
 def composite_rgb(unit: np.ndarray, channels: Sequence[str]) -> np.ndarray:
     """False-colour RGB (H, W, 3) of a (C, H, W) image in [0, 1]: DAPI blue, CK red, VIM green, CD45 grey
-    (the colours of :data:`hemoprofile.latent_maps.CHANNEL_RGB`), other channels grey.
+    (the colours of :data:`hemoprofile.vocabulary.CHANNEL_RGB`), other channels grey.
 
     The channels are not stretched further: preprocessed intensities are already normalised per slide,
     so a CK-negative cell stays dark instead of being stretched into false positives.
@@ -541,12 +543,10 @@ def composite_rgb(unit: np.ndarray, channels: Sequence[str]) -> np.ndarray:
     >>> composite_rgb(np.ones((2, 1, 1)), ["DAPI", "CK"])[0, 0].tolist()
     [1.0, 0.0, 1.0]
     """
-    from hemoprofile.latent_maps import CHANNEL_RGB
-
     x = np.asarray(unit, np.float32)
     out = np.zeros((*x.shape[1:], 3), np.float32)
     for c, name in enumerate(channels):
-        out += np.clip(x[c], 0, 1)[..., None] * np.asarray(CHANNEL_RGB.get(str(name), (0.5, 0.5, 0.5)), np.float32)
+        out += np.clip(x[c], 0, 1)[..., None] * np.asarray(channel_rgb(name), np.float32)
     return np.clip(out, 0, 1)
 
 
@@ -660,8 +660,6 @@ def slide_images(paths: Mapping, detail_centre: tuple[int, int] | None = None,
     x0 = int(min(max(cx - detail // 2, 0), max(w - detail, 0)))
     window = (y0, min(y0 + detail, h), x0, min(x0 + detail, w))
     crop = np.asarray(array[:, window[0]:window[1], window[2]:window[3]])
-    from hemoprofile.extract import to_unit
-
     crop = to_unit(crop) if unit else _raw_to_unit(crop)
     zoom = composite_rgb(crop, image.channel_names)
     outlines = _have(paths.get("labels"))
@@ -684,8 +682,6 @@ def _crop(paths: Mapping, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarra
     image = io.open_ome_zarr(source)
     _, h, w = image.array.shape
     y0, y1, x0, x1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
-    from hemoprofile.extract import to_unit
-
     pixels = np.asarray(image.array[:, y0:y1, x0:x1])
     pixels = to_unit(pixels) if unit else _raw_to_unit(pixels)
     labels = None
@@ -1064,11 +1060,8 @@ def _candidate_crops(info: _Slide, rows: pd.DataFrame) -> tuple[list[np.ndarray 
     """RGB crops of a slide's candidate cells: patches.zarr rows, else crops of the slide image."""
     if _have(info.paths.get("patches")):
         try:
-            from hemoprofile.extract import open_patches
-
-            array, attrs = open_patches(info.paths["patches"])
+            array, channels, _ = open_patch_array(info.paths["patches"])
             if array.shape[0] == info.n_cells:
-                channels = attrs["channel_names"]
                 return [composite_rgb(_patch_unit(np.asarray(array[int(r)])), channels) for r in rows["row"]], \
                     "patches.zarr"
         except ValueError:

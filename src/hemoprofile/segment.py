@@ -367,10 +367,10 @@ class ClassicalSegmenter:
 def pick_device(requested: str = "auto"):
     """Return the torch device for ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``, logged.
 
-    Delegates to the project's one device helper, :func:`hemoprofile.devices.pick_device`; Cellpose
+    Delegates to the project's one device helper, :func:`hemoprofile.nn.devices.pick_device`; Cellpose
     inference runs in float32, so no mixed precision is requested.
     """
-    from hemoprofile.devices import pick_device as pick
+    from hemoprofile.nn.devices import pick_device as pick
 
     return pick(requested, mixed_precision=False, logger=log).device
 

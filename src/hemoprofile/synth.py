@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 import tifffile
 from scipy import ndimage
 
-from hemoprofile import HDSCA_CHANNELS
+from hemoprofile.vocabulary import CELL_TYPES, HDSCA_CHANNELS, LEUKOCYTE_TYPES, LINEAGE, TYPE_COLOURS, channel_rgb  # noqa: F401
 from hemoprofile.io import (
     atomic_output,
     create_ome_zarr_labels,
@@ -69,18 +69,6 @@ log = logging.getLogger(__name__)
 CHANNELS = tuple(HDSCA_CHANNELS)  # DAPI, CK, VIM, CD45
 #: Sample-sheet condition of blinded synthetic patients (and of any patient whose condition is not known).
 UNKNOWN_CONDITION = "unknown"
-LEUKOCYTE_TYPES = ("CD4_T", "CD8_T", "B", "NK", "granulocyte", "monocyte")
-CELL_TYPES = (*LEUKOCYTE_TYPES, "CTC")
-LINEAGE = {
-    "CD4_T": "lymphoid",
-    "CD8_T": "lymphoid",
-    "B": "lymphoid",
-    "NK": "lymphoid",
-    "granulocyte": "myeloid",
-    "monocyte": "myeloid",
-    "CTC": "tumour",
-}
-
 #: Schema of truth_cells.parquet: one row per cell, (slide, cell_id) is the key; cell_id is the cell's
 #: value in truth_labels.zarr. y, x: centroid in slide-mosaic pixels; area_px: pixels in the label image;
 #: radius_px: the drawn nominal radius; cluster_id: shared by a CTC and its leukocytes, -1 outside
@@ -1065,17 +1053,6 @@ def read_synthetic_frame(
 
 
 #: Outline colours of the cell types in overlays (chosen to stand apart from the channel colours).
-TYPE_COLOURS = {
-    "CD4_T": "#ffff33",
-    "CD8_T": "#ff7f00",
-    "B": "#00e5ff",
-    "NK": "#ff9896",
-    "granulocyte": "#ffffff",
-    "monocyte": "#a98bff",
-    "CTC": "#ff00ff",
-}
-
-
 def composite_rgb(image: np.ndarray, channel_names: Sequence[str]) -> np.ndarray:
     """RGB float image (y, x, 3) in [0, 1] of an IF frame: DAPI blue, CK red, VIM green, CD45 grey.
 
@@ -1083,7 +1060,6 @@ def composite_rgb(image: np.ndarray, channel_names: Sequence[str]) -> np.ndarray
     percentile, with a floor on the range so that a channel with no positive cell shows dark rather than
     stretched noise.
     """
-    weights = {"DAPI": (0, 0, 1), "CK": (1, 0, 0), "VIM": (0, 0.7, 0), "CD45": (0.6, 0.6, 0.6)}
     rgb = np.zeros(image.shape[1:] + (3,))
     for c, name in enumerate(channel_names):
         channel = image[c].astype(float)
@@ -1092,7 +1068,7 @@ def composite_rgb(image: np.ndarray, channel_names: Sequence[str]) -> np.ndarray
         lo = median + 0.5 * sigma
         hi = max(np.percentile(channel, 99.8), lo + 1500.0)
         stretched = np.clip((channel - lo) / (hi - lo), 0, 1) ** 0.8
-        rgb += stretched[..., None] * np.array(weights.get(name, (0.5, 0.5, 0.5)))
+        rgb += stretched[..., None] * np.array(channel_rgb(name))
     return np.clip(rgb, 0, 1)
 
 

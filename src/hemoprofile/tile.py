@@ -18,7 +18,7 @@ import zarr
 
 import hemoprofile
 from hemoprofile.io import atomic_output, create_ome_zarr_image, iter_tiles
-from hemoprofile.slide_sources import SlideSource
+from hemoprofile.io.slide_sources import SlideSource
 
 
 #: Flat tiles listed by grid position ([row, col, value]) per channel in the provenance; more are counted.
@@ -58,7 +58,7 @@ def tile_slide(
     Parameters
     ----------
     source : SlideSource
-        An opened slide (:func:`hemoprofile.slide_sources.open_slide_source`); it is not closed here.
+        An opened slide (:func:`hemoprofile.io.slide_sources.open_slide_source`); it is not closed here.
     out_path : str or PathLike
         The ``image.zarr`` folder to write; an existing one is replaced once the new one is complete.
     tile_size : int

@@ -9,11 +9,10 @@ import pytest
 
 from hemoprofile.aggregate import (
     aggregate_patients,
-    cell_type_names,
-    cell_types,
     column_descriptions,
     write_patient_table,
 )
+from hemoprofile.vocabulary import cell_type_names, cell_types
 
 TYPES = ["T", "B", "NK", "granulocyte", "monocyte", "CTC"]
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hemoprofile.augment import (
+from hemoprofile.nn.augment import (
     AugmentConfig,
     augment_batch,
     blur_jitter,

@@ -17,10 +17,12 @@ import yaml
 
 from hemoprofile import synth
 from hemoprofile.config import ConfigError, check_sample_channels, read_sample_sheet, validate_config
-from hemoprofile.extract import cells_schema, extract_slide, open_patches
+from hemoprofile.extract import extract_slide
+from hemoprofile.io.patches import open_patch_array
+from hemoprofile.io.tables import cells_schema
 from hemoprofile.io import open_ome_zarr
 from hemoprofile.preprocess import preprocess_slide
-from hemoprofile.slide_sources import open_slide_source
+from hemoprofile.io.slide_sources import open_slide_source
 from hemoprofile.stitch import segment_slide
 from hemoprofile.tile import tile_slide
 
@@ -187,7 +189,7 @@ def assert_empty_but_well_formed(out, config):
     assert cells.num_rows == 0
     assert cells.schema.remove_metadata() == cells_schema(CHANNELS, config["gating"]["column"])
     assert json.loads(cells.schema.metadata[b"hemoprofile"])["slide"] == "S1"
-    patches, attributes = open_patches(out / "patches.zarr")
+    patches, _, attributes = open_patch_array(out / "patches.zarr")
     assert patches.shape == (0, 4, 32, 32) and attributes["n_cells"] == 0
     assert attributes["channel_names"] == CHANNELS
     assert pq.read_table(out / "clusters.parquet").num_rows == 0
@@ -248,7 +250,7 @@ def test_slide_without_cells_runs_every_stage_to_empty_outputs(tmp_path, demo_co
     assert_empty_but_well_formed(tmp_path, demo_config)
     # and the classify stage writes a 0-row predictions table with its columns
     from hemoprofile.classify import classify_slide, save_classifier
-    from hemoprofile.cnn import CellNetSpec, build_model
+    from hemoprofile.nn.cnn import CellNetSpec, build_model
 
     model = tmp_path / "classifier_ctc.pt"
     save_classifier(model, build_model(CellNetSpec(4, 2, 32, widths=(4,), blocks=(1,))).eval(), "ctc",

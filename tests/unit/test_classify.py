@@ -201,7 +201,7 @@ def test_hierarchical_model_gives_leaf_probabilities(tmp_path):
 
 
 def test_saved_model_round_trip_and_missing_channel(tmp_path):
-    from hemoprofile.cnn import CellNetSpec, build_model
+    from hemoprofile.nn.cnn import CellNetSpec, build_model
 
     torch.manual_seed(0)
     net = build_model(CellNetSpec(4, 2, 12, widths=(4,), blocks=(1,))).eval()
@@ -228,7 +228,7 @@ def test_saved_model_round_trip_and_missing_channel(tmp_path):
 
 
 def test_half_weights_file_is_smaller_and_predicts_alike(tmp_path):
-    from hemoprofile.cnn import CellNetSpec, build_model
+    from hemoprofile.nn.cnn import CellNetSpec, build_model
 
     torch.manual_seed(0)
     net = build_model(CellNetSpec(4, 3, 16, widths=(16, 32), blocks=(1, 1))).eval()
@@ -282,8 +282,10 @@ def cli_parser():
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    C.add_train_classifier_parser(sub)
-    C.add_classify_parser(sub)
+    from hemoprofile.cli.classify import add_classify_parser, add_train_classifier_parser
+
+    add_train_classifier_parser(sub)
+    add_classify_parser(sub)
     return parser
 
 
@@ -310,8 +312,8 @@ def test_cli_train_and_classify_collection(tmp_path, capsys):
 
 
 def test_fit_stops_early_and_honours_the_time_budget():
-    from hemoprofile.augment import AugmentConfig
-    from hemoprofile.cnn import CellNetSpec
+    from hemoprofile.nn.augment import AugmentConfig
+    from hemoprofile.nn.cnn import CellNetSpec
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (64, 2, 8, 8), dtype=np.uint8)

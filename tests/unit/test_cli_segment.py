@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from hemoprofile.cli import build_parser, main, read_image
+from hemoprofile.cli import build_parser, main
+from hemoprofile.io.images import read_image
 from hemoprofile.instance_metrics import match_instances
 
 from test_segment import disc_cells

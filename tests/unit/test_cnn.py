@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hemoprofile.cnn import CellNetSpec, WeightEMA, build_model, count_parameters
+from hemoprofile.nn.cnn import CellNetSpec, WeightEMA, build_model, count_parameters
 
 torch.set_num_threads(1)
 
@@ -57,7 +57,7 @@ def test_weight_ema_moves_towards_model():
 
 
 def test_fused_batchnorm_gives_the_same_outputs():
-    from hemoprofile.cnn import fuse_batchnorm
+    from hemoprofile.nn.cnn import fuse_batchnorm
 
     torch.manual_seed(0)
     net = build_model(CellNetSpec(3, 4, 32, widths=(4, 8, 16), blocks=(1, 2, 1)))

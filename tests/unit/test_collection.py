@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from hemoprofile.collection import fit_crop, ingest_collection, read_crop
-from hemoprofile.extract import open_patches
+from hemoprofile.io.patches import open_patch_array
 
 PBC = Path(__file__).resolve().parents[1] / "fixtures" / "pbc"
 
@@ -17,7 +17,7 @@ PBC = Path(__file__).resolve().parents[1] / "fixtures" / "pbc"
 def test_pbc_fixture_ingests_into_the_patches_and_cells_contract(tmp_path):
     summary = ingest_collection(PBC, tmp_path / "cells.parquet", tmp_path / "patches.zarr", 24, progress=None)
     cells = pd.read_parquet(tmp_path / "cells.parquet")
-    patches, attrs = open_patches(tmp_path / "patches.zarr")
+    patches, _, attrs = open_patch_array(tmp_path / "patches.zarr")
     listed = pd.read_csv(PBC / "labels.csv")
     assert summary["n_cells"] == len(cells) == patches.shape[0] == 16
     assert patches.shape == (16, 3, 24, 24) and patches.dtype == np.uint8
@@ -42,7 +42,7 @@ def test_without_labels_csv_the_folder_name_is_the_label(tmp_path):
     cells = pd.read_parquet(tmp_path / "c.parquet")
     assert cells["label"].tolist() == ["lymphocyte"] * 2 + ["neutrophil"] * 2
     assert "subtype" not in cells.columns
-    assert open_patches(tmp_path / "p.zarr")[0].dtype == np.float16
+    assert open_patch_array(tmp_path / "p.zarr")[0].dtype == np.float16
 
 
 def test_multichannel_tiffs_and_patient_column(tmp_path):
@@ -58,7 +58,7 @@ def test_multichannel_tiffs_and_patient_column(tmp_path):
     ingest_collection(folder, tmp_path / "c.parquet", tmp_path / "p.zarr", 16, "uint16",
                       channel_names=["DAPI", "CK", "VIM", "CD45"], progress=None)
     cells = pd.read_parquet(tmp_path / "c.parquet")
-    patches, attrs = open_patches(tmp_path / "p.zarr")
+    patches, _, attrs = open_patch_array(tmp_path / "p.zarr")
     assert patches.shape == (5, 4, 16, 16) and attrs["channel_names"] == ["DAPI", "CK", "VIM", "CD45"]
     assert cells["patient"].tolist() == ["P0", "P0", "P0", "P1", "P1"]
     # a crop with another channel count is refused, naming the file
@@ -89,7 +89,7 @@ def test_missing_listed_file_names_it(tmp_path):
 def test_command_line_subcommand(tmp_path, capsys):
     import argparse
 
-    from hemoprofile.collection import add_ingest_collection_parser
+    from hemoprofile.cli.collection import add_ingest_collection_parser
 
     parser = argparse.ArgumentParser(prog="hemoprofile")
     add_ingest_collection_parser(parser.add_subparsers(dest="command"))
@@ -97,4 +97,4 @@ def test_command_line_subcommand(tmp_path, capsys):
                               "--limit", "3"])
     assert args.func(args) == 0
     assert "pbc: 3 crops" in capsys.readouterr().out
-    assert open_patches(tmp_path / "out" / "patches.zarr")[0].shape == (3, 3, 16, 16)
+    assert open_patch_array(tmp_path / "out" / "patches.zarr")[0].shape == (3, 3, 16, 16)

@@ -1,5 +1,7 @@
 """Config and sample sheet validation: defaults filled, bad keys and values named with what is allowed."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -13,9 +15,11 @@ from hemoprofile.config import (
     validate_sample_sheet,
 )
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_shipped_config_is_valid_and_defaults_are_filled():
-    config = load_config(SCHEMA_DIR.parents[1] / "config" / "config.yaml")
+    config = load_config(REPO / "config" / "config.yaml")
     assert config["tile"]["size"] == 512
     # preprocess.default sub-keys that config.yaml leaves out come from the schema
     assert config["preprocess"]["default"]["clahe"]["kernel_size"] == 64
@@ -130,5 +134,5 @@ def test_duplicated_and_missing_columns(tmp_path):
 def test_config_readme_documents_every_key_of_the_schema():
     from hemoprofile.config import config_reference_markdown
 
-    readme = (SCHEMA_DIR.parent / "README.md").read_text()
+    readme = (REPO / "config" / "README.md").read_text()
     assert config_reference_markdown() in readme, "regenerate with: python -m hemoprofile.config"

@@ -5,11 +5,11 @@ import logging
 import pytest
 import torch
 
-from hemoprofile.devices import pick_device
+from hemoprofile.nn.devices import pick_device
 
 
 def test_auto_picks_cuda_when_present_else_cpu(caplog):
-    with caplog.at_level(logging.INFO, logger="hemoprofile.devices"):
+    with caplog.at_level(logging.INFO, logger="hemoprofile.nn.devices"):
         choice = pick_device("auto")
     assert choice.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert "device:" in caplog.text

@@ -8,7 +8,8 @@ import pytest
 
 import hemoprofile
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(hemoprofile.__path__, "hemoprofile."))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(hemoprofile.__path__, "hemoprofile.")
+                 if not m.name.endswith("__main__"))
 
 
 @pytest.mark.parametrize("module_name", MODULES)

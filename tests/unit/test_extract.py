@@ -17,10 +17,9 @@ from hemoprofile.extract import (
     extract_reference,
     extract_slide,
     measure_cells,
-    open_patches,
-    to_patch_dtype,
-    to_unit,
 )
+from hemoprofile.io.patches import open_patch_array, to_patch_dtype
+from hemoprofile.vocabulary import to_unit
 
 CHANNELS = ["DAPI", "CK", "VIM", "CD45"]
 
@@ -224,7 +223,7 @@ def test_streaming_equals_whole_image_reference_and_no_cell_is_lost_or_duplicate
     paths, raw, pre = make_slide(tmp_path, lab)
     summary, out = run(paths, tmp_path, {**cfg, "max_cell_diameter_px": 16})
     cells = pd.read_parquet(out["cells"])
-    patches, attrs = open_patches(out["patches"])
+    patches, _, attrs = open_patch_array(out["patches"])
     ids = np.unique(lab)[1:]
     assert summary["n_tiles"] == 25 and len(cells) == len(ids) == summary["n_cells"]
     assert sorted(cells["cell_id"]) == ids.tolist()  # none lost, none duplicated
@@ -309,7 +308,7 @@ def test_empty_slide_gives_empty_outputs(tmp_path):
     summary, out = run(paths, tmp_path)
     assert summary["n_cells"] == 0
     assert len(pd.read_parquet(out["cells"])) == 0 and len(pd.read_parquet(out["clusters"])) == 0
-    assert open_patches(out["patches"])[0].shape == (0, 4, 32, 32)
+    assert open_patch_array(out["patches"])[0].shape == (0, 4, 32, 32)
 
 
 def test_unknown_pixel_size_gives_null_micrometres(tmp_path):
@@ -364,7 +363,7 @@ def test_window_reader_returns_what_zarr_returns_and_keeps_few_chunks(tmp_path):
 
 
 def test_patches_record_the_cell_ids_and_readers_refuse_a_table_from_another_run(tmp_path):
-    from hemoprofile.classify import check_patches_match_cells, open_patch_array
+    from hemoprofile.io.patches import check_patches_match_cells, open_patch_array
 
     paths, *_ = make_slide(tmp_path, random_cells((96, 96), 12, seed=5))
     summary, out = run(paths, tmp_path)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from hemoprofile.slide_sources import FrameFolderSource, open_slide_source
+from hemoprofile.io.slide_sources import FrameFolderSource, open_slide_source
 from slide_writers import CHANNELS3, reference_image, write_frame_folder
 
 

@@ -12,7 +12,7 @@ import zarr
 
 from hemoprofile import tile as tile_module
 from hemoprofile.io import open_ome_zarr
-from hemoprofile.slide_sources import open_slide_source
+from hemoprofile.io.slide_sources import open_slide_source
 from hemoprofile.tile import tile_slide
 from slide_writers import CHANNELS3 as CHANNELS
 from slide_writers import reference_image, write_frame_folder

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from hemoprofile.vae import VAESpec, build_vae, vae_loss
+from hemoprofile.nn.vae import VAESpec, build_vae, vae_loss
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,8 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 import pandas as pd
 
 import hemoprofile
-from hemoprofile import aggregate, synth
+from hemoprofile import synth
+from hemoprofile.vocabulary import cell_type_names
 from hemoprofile.config import (
     ConfigError,
     channel_list,
@@ -18,7 +19,7 @@ from hemoprofile.config import (
 )
 
 try:
-    config = validate_config(config, os.path.join(workflow.basedir, "config/schemas/config.schema.yaml"))
+    config = validate_config(config)
 except ConfigError as err:
     raise WorkflowError(f"configuration: {err}") from None
 
@@ -192,7 +193,7 @@ def patient_model_file():
 
 def patient_cell_types():
     """The cell types the patient table counts: the finest immune task's classes (+ CTC with a ctc task)."""
-    return aggregate.cell_type_names(CLASSIFY_TASKS)
+    return cell_type_names(CLASSIFY_TASKS)
 
 
 def patient_slide_inputs(wildcards):

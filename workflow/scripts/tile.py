@@ -1,7 +1,7 @@
 """Snakemake adapter: tile one slide into OME-Zarr (hemoprofile.tile.tile_slide)."""
 import package_path  # noqa: F401  (src/ on sys.path)
 from hemoprofile.runlog import job_progress
-from hemoprofile.slide_sources import open_slide_source
+from hemoprofile.io.slide_sources import open_slide_source
 from hemoprofile.tile import tile_slide
 
 reader = snakemake.params.reader

@@ -5,7 +5,7 @@ patch size; output: the posterior mean and log-variance of a ``latent_dim`` late
 reconstruction logits (a Bernoulli likelihood per pixel: patches are [0, 1] intensities dominated by
 exact zeros where extract masked the background, which a Bernoulli/BCE fits better than a Gaussian).
 
-Encoder: a 3x3 stem, then one :class:`hemoprofile.cnn.BasicBlock` per width with stride 2 (the classifier's
+Encoder: a 3x3 stem, then one :class:`hemoprofile.nn.cnn.BasicBlock` per width with stride 2 (the classifier's
 residual block), flattened to ``mu`` and ``logvar``. Decoder: a linear layer back to the smallest grid,
 then per stage a nearest-neighbour upsampling and a 3x3 convolution with batch norm (upsampling + conv
 avoids the checkerboard artefacts of transposed convolutions), and a 3x3 convolution to the channels.
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hemoprofile.cnn import BasicBlock
+from hemoprofile.nn.cnn import BasicBlock
 
 
 @dataclass(frozen=True)

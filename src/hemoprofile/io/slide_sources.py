@@ -31,7 +31,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from hemoprofile.io import FRAME_ORDERS, frame_filename, frame_grid_position
+from hemoprofile.io.frames import FRAME_ORDERS, frame_filename, frame_grid_position
 
 SLIDE_FORMATS = ("tiff", "ome-tiff", "frames")
 

@@ -1,55 +1,27 @@
-"""The ``hemoprofile`` command line.
-
-Subcommands register themselves in :data:`SUBCOMMANDS` (name -> function adding its parser); each
-parser sets ``func`` to the function that runs it. Add a subcommand by writing ``add_<name>_parser``
-and listing it there.
-
-``hemoprofile segment INPUT_DIR OUTPUT_DIR`` segments every 2-D image in a folder (PNG or TIFF,
-grayscale or multi-channel) with the same package functions the workflow uses, and writes one label
+"""``hemoprofile segment INPUT_DIR OUTPUT_DIR``: segment every 2-D image in a folder (PNG or TIFF,
+grayscale or multi-channel) with the same package functions the workflow uses, and write one label
 image per input: ``OUTPUT_DIR/<stem>.tif``, uint16 when the objects fit, else uint32 (TIFF for every
 input, PNG included, so a label image never silently wraps at 65,535 objects).
+
+The parser imports nothing heavy; the segmentation stack (and torch, for Cellpose) loads when the
+command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+from hemoprofile.io import atomic_output
+from hemoprofile.io.images import IMAGE_SUFFIXES, read_image
+
 #: Images with more pixels than this go through the tiled path (bounded memory, same result).
 TILED_ABOVE_PIXELS = 4096 * 4096
 CLI_TILE_SIZE = 1024
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read a 2-D image as (channel, row, column); RGB(A) and (row, column, channel) become channel-first.
-
-    An alpha channel is dropped. Raises ValueError naming the file when it is not a 2-D image.
-    """
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        image = tifffile.imread(path)
-    else:
-        import imageio.v3 as iio
-
-        image = iio.imread(path)
-    image = np.squeeze(np.asarray(image))
-    if image.ndim == 2:
-        return image[np.newaxis]
-    if image.ndim != 3:
-        raise ValueError(f"{path}: expected a 2-D image (row, column[, channel]), got shape {image.shape}")
-    if image.shape[-1] <= 4 and image.shape[0] > 4:  # channels last (PNG RGB/RGBA, most TIFFs)
-        if path.suffix.lower() == ".png" and image.shape[-1] in (2, 4):
-            image = image[..., :-1]  # gray+alpha / RGBA: drop alpha
-        image = np.moveaxis(image, -1, 0)
-    return image
 
 
 def unit_range(image: np.ndarray) -> np.ndarray:
@@ -97,7 +69,6 @@ def segment_folder(
     """
     import tifffile
 
-    from hemoprofile.io import atomic_output
     from hemoprofile.segment import build_segmenter, estimate_diameter, segment_image, segment_settings
     from hemoprofile.stitch import segment_tiled
 
@@ -200,57 +171,3 @@ def run_segment(args) -> int:
         cfg["diameter"] = args.diameter
     segment_folder(args.input_dir, args.output_dir, cfg, channels=args.channels, auto_diameter=args.diameter == 0)
     return 0
-
-
-#: Subcommand name -> function that adds its parser to the subparsers object.
-def add_ingest_collection_parser(subparsers) -> None:
-    from hemoprofile.collection import add_ingest_collection_parser as add
-
-    add(subparsers)
-
-
-def add_train_classifier_parser(subparsers) -> None:
-    from hemoprofile.classify import add_train_classifier_parser as add  # imports torch: only when asked
-
-    add(subparsers)
-
-
-def add_classify_parser(subparsers) -> None:
-    from hemoprofile.classify import add_classify_parser as add
-
-    add(subparsers)
-
-
-SUBCOMMANDS: dict[str, Callable] = {
-    "segment": add_segment_parser,
-    "ingest-collection": add_ingest_collection_parser,
-    "train-classifier": add_train_classifier_parser,
-    "classify": add_classify_parser,
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from hemoprofile import __version__
-
-    parser = argparse.ArgumentParser(prog="hemoprofile", description="Morphological profiling of blood cells.")
-    parser.add_argument("--version", action="version", version=f"hemoprofile {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details (device, model, thresholds)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in SUBCOMMANDS.values():
-        add(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``hemoprofile`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"hemoprofile {args.command}: error: {err}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Configuration and sample sheet: validation against the JSON schemas in config/schemas/.
+"""Configuration and sample sheet: validation against the JSON schemas in hemoprofile/config/schemas/.
 
 The workflow calls these before any job starts, so a typo or a value out of range stops the run with a
 message that names the key and what is allowed. Missing keys are filled with the schema's defaults, so
@@ -21,7 +21,8 @@ import jsonschema
 import pandas as pd
 import yaml
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "config" / "schemas"
+#: The JSON schemas (YAML), installed with the package.
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
 
 class ConfigError(ValueError):
@@ -239,7 +240,7 @@ def check_sample_channels(samples: pd.DataFrame, config: Mapping, source: str = 
     ------
     ConfigError naming ``source``, the slides, the config key and the unknown channel names.
     """
-    from hemoprofile.extract import cells_schema  # pyarrow and the imaging stack: only when checking
+    from hemoprofile.io.tables import cells_schema  # pyarrow: only when checking
 
     segment = config["segment"]["channels"]
     wanted = {"segment.channels.nucleus": [segment["nucleus"]],
@@ -294,58 +295,29 @@ def channel_list(channels: str) -> list[str]:
     return [name.strip() for name in str(channels).split(",") if name.strip()]
 
 
-def _resolve_ref(schema: dict, node: dict) -> dict:
-    if "$ref" in node:
-        target = schema
-        for part in node["$ref"].lstrip("#/").split("/"):
-            target = target[part]
-        return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-    return node
+_DEFAULTS: dict | None = None
 
 
-def _allowed(node: dict) -> str:
-    if "enum" in node:
-        return "one of " + ", ".join(f"`{v}`" for v in node["enum"])
-    parts = [node.get("type", "")]
-    for word, key in (("≥", "minimum"), (">", "exclusiveMinimum"), ("≤", "maximum"), ("<", "exclusiveMaximum")):
-        if key in node:
-            parts.append(f"{word} {node[key]}")
-    return " ".join(str(p) for p in parts if p != "")
+def config_defaults() -> dict:
+    """Every config key's default, read from the config schema (a fresh copy each call).
+
+    Stages take their settings from here when called without a config, so the schema is the one
+    place a default is written.
+
+    Example
+    -------
+    >>> config_defaults()["tile"]["size"]
+    512
+    """
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = validate_config({})
+    return copy.deepcopy(_DEFAULTS)
 
 
-def schema_key_rows(schema: dict, node: dict | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """Flatten a config schema into (key, allowed, default, description) rows, depth first."""
-    rows = []
-    node = _resolve_ref(schema, node if node is not None else schema)
-    for name, sub in node.get("properties", {}).items():
-        sub = _resolve_ref(schema, sub)
-        key = f"{prefix}{name}"
-        default = sub.get("default")
-        if isinstance(default, bool):
-            default = str(default).lower()  # as written in YAML
-        if isinstance(default, list):
-            shown_default = "as in config/config.yaml" if default else "`[]`"
-        else:
-            shown_default = "" if isinstance(default, dict) or default is None else f"`{default}`"
-        rows.append((key, _allowed(sub), shown_default, " ".join(str(sub.get("description", "")).split())))
-        rows.extend(schema_key_rows(schema, sub, f"{key}."))
-        extra = sub.get("additionalProperties")
-        if isinstance(extra, dict) and ("$ref" in extra or "properties" in extra):
-            rows.extend(schema_key_rows(schema, extra, f"{key}.<name>."))
-        items = sub.get("items")
-        if isinstance(items, dict):
-            rows.extend(schema_key_rows(schema, items, f"{key}[]."))
-    return rows
-
-
-def config_reference_markdown(schema_path: str | os.PathLike | None = None) -> str:
-    """Render the config schema as the Markdown key reference kept in config/README.md."""
-    schema = load_schema(schema_path or SCHEMA_DIR / "config.schema.yaml")
-    lines = ["| key | allowed | default | meaning |", "|---|---|---|---|"]
-    for key, allowed, default, description in schema_key_rows(schema):
-        lines.append(f"| `{key}` | {allowed} | {default} | {description.replace('|', '/')} |")
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":  # python -m hemoprofile.config  -> prints the key reference
-    print(config_reference_markdown(), end="")
+def section_defaults(section: str) -> dict:
+    """The defaults of one config section (``segment``, ``extract``, ...), read from the schema."""
+    defaults = config_defaults()
+    if section not in defaults:
+        raise KeyError(f"the config schema has no section {section!r}; sections: {sorted(defaults)}")
+    return defaults[section]
