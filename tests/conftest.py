@@ -1,5 +1,5 @@
 """Shared test set-up: tests/ on sys.path, so test folders can import the shared helpers here
-(tiny_workflow)."""
+(helpers.tiny_workflow, helpers.slide_writers)."""
 
 import sys
 from pathlib import Path

@@ -29,7 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 import slurm_cluster  # noqa: E402
-from tiny_workflow import tiny_config  # noqa: E402
+from helpers.tiny_workflow import tiny_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -43,7 +43,7 @@ CPU_PARTITION = "cpu"  # the test cluster's default partition, which CPU rules f
 # logs of successful jobs kept, to check them.
 TEST_CLUSTER_ARGS = ["--slurm-init-seconds-before-status-checks", "8", "--slurm-keep-successful-logs"]
 
-# The tiny cohort of the workflow tests (tests/tiny_workflow.py) in 128 px tiles. The SLURM run stops at
+# The tiny cohort of the workflow tests (tests/helpers/tiny_workflow.py) in 128 px tiles. The SLURM run stops at
 # the patient table and the embedding figures (SLURM_TARGETS): every slide stage, both GPU training rules
 # and a cohort rule run through SLURM; the patient model and the report add nothing cluster-specific and
 # run in tests/workflow.

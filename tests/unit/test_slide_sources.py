@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from hemoprofile.io.slide_sources import FrameFolderSource, open_slide_source
-from slide_writers import CHANNELS3, reference_image, write_frame_folder
+from helpers.slide_writers import CHANNELS3, reference_image, write_frame_folder
 
 
 # windows inside a 3 x 70 x 90 image crossing 32-px TIFF tiles, 30 x 45 frames, and both far edges

@@ -14,8 +14,8 @@ from hemoprofile import tile as tile_module
 from hemoprofile.io import open_ome_zarr
 from hemoprofile.io.slide_sources import open_slide_source
 from hemoprofile.tile import tile_slide
-from slide_writers import CHANNELS3 as CHANNELS
-from slide_writers import reference_image, write_frame_folder
+from helpers.slide_writers import CHANNELS3 as CHANNELS
+from helpers.slide_writers import reference_image, write_frame_folder
 SHAPE = (3, 700, 900)  # not a multiple of the 256-px tile: edge tiles are 188 x 132
 TILE = 256
 

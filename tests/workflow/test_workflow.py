@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from tiny_workflow import TINY_CONFIG, TINY_SLIDES
+from helpers.tiny_workflow import TINY_CONFIG, TINY_SLIDES
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
