@@ -3,7 +3,7 @@
 Takes the results folder of a finished workflow run on the synthetic cohort and scores each task's
 predictions (``results/<slide>/predictions.parquet``, column ``pred_<task>``) against the simulator's
 truth: a segmented cell takes the ground-truth cell under its centroid in
-``results/synthetic/<slide>/truth_labels.zarr`` (hemoprofile.classify.match_truth), and that cell's type
+``results/synthetic/<slide>/truth_labels.zarr`` (hemoprofile.io.truth.match_truth), and that cell's type
 in ``results/synthetic/truth_cells.parquet``. Only slides of the patients the task's training held out
 (``test_groups`` in ``results/models/classifier_<task>.metrics.json``) are scored, so no cell the model
 was trained or early-stopped on counts; cells on background (segmentation false positives) and cells
@@ -29,15 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from hemoprofile.classify import (  # noqa: E402
-    classification_metrics,
-    format_confusion,
-    map_labels,
-    match_truth,
-    task_classes,
-)
+from hemoprofile.classify.metrics import classification_metrics, format_confusion  # noqa: E402
+from hemoprofile.io.truth import match_truth  # noqa: E402
+from hemoprofile.vocabulary import map_labels, task_classes  # noqa: E402
 
 
 def held_out_slides(results: Path, task: str, samples: pd.DataFrame) -> list[str] | None:

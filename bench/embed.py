@@ -19,7 +19,7 @@ It also prints how much of the simulated gain is left after preprocessing: the s
 in the raw image (cells.parquet ``mean_<C>``) and in the patches (preprocessed, percentile-clipped).
 
 PBC (``/work/shared/data/pbc``, 8 classes, one collection = one batch): ingests it with
-:func:`hemoprofile.collection.ingest_collection` and prints the same clustering metrics and agreement
+:func:`hemoprofile.ingest.collection.ingest_collection` and prints the same clustering metrics and agreement
 with the 8 labels for the VAE and the raw-pixel baseline (a cVAE has nothing to condition on there).
 
 Usage::
@@ -50,17 +50,24 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from hemoprofile import embed, synth  # noqa: E402
+from hemoprofile import simulate  # noqa: E402
+from hemoprofile.embed.clustering import apply_pca, assign_latent_clusters, fit_latent_clustering, fit_pca  # noqa: E402
+from hemoprofile.embed.metrics import evaluate_embeddings, format_metrics  # noqa: E402
+from hemoprofile.embed.model_files import load_embedder  # noqa: E402
+from hemoprofile.embed.sample import EmbedSlide, load_sample  # noqa: E402
+from hemoprofile.embed.settings import resolve_embed  # noqa: E402
+from hemoprofile.embed.slide import embed_slide, read_embeddings  # noqa: E402
+from hemoprofile.embed.training import train_embedder  # noqa: E402
 from hemoprofile.config import validate_config  # noqa: E402
 
 
 def simulate_cohort(workdir: Path, batch_effect: float, patients: int, seed: int) -> tuple[Path, pd.DataFrame]:
     """Simulate and process a small cohort (cached in workdir); return (results folder, plan)."""
-    from hemoprofile.extract import extract_slide
-    from hemoprofile.preprocess import preprocess_slide
+    from hemoprofile.features.extract import extract_slide
+    from hemoprofile.preprocess.pipeline import preprocess_slide
     from hemoprofile.io.slide_sources import open_slide_source
-    from hemoprofile.stitch import segment_slide
-    from hemoprofile.tile import tile_slide
+    from hemoprofile.segment.tiled import segment_slide
+    from hemoprofile.ingest.tile import tile_slide
 
     cfg = validate_config({"synthetic": {"enabled": True}})
     s = copy.deepcopy(cfg["synthetic"])
@@ -69,15 +76,15 @@ def simulate_cohort(workdir: Path, batch_effect: float, patients: int, seed: int
     for condition in s["conditions"].values():
         condition["patients"] = int(patients)
     results = workdir / f"cohort_be{batch_effect:g}_p{patients}_s{seed}"
-    plan = synth.plan_cohort(s, results / "synthetic")
+    plan = simulate.plan_cohort(s, results / "synthetic")
     for row in plan.itertuples():
         out = results / row.slide
         if (out / "cells.parquet").exists():
             continue
         t = time.perf_counter()
         sample = plan[plan["slide"] == row.slide].iloc[0]
-        synth.simulate_slide(s, sample, results / "synthetic")
-        with open_slide_source(sample["path"], "frames", synth.CHANNELS, pixel_size_um=s["pixel_size_um"],
+        simulate.simulate_slide(s, sample, results / "synthetic")
+        with open_slide_source(sample["path"], "frames", simulate.CHANNELS, pixel_size_um=s["pixel_size_um"],
                                frame_rows=int(sample["frame_rows"]), frame_cols=int(sample["frame_cols"])) as src:
             tile_slide(src, out / "image.zarr", tile_size=cfg["tile"]["size"], progress=None)
         preprocess_slide(out / "image.zarr", out / "preprocessed.zarr", cfg["preprocess"], progress=None)
@@ -88,15 +95,15 @@ def simulate_cohort(workdir: Path, batch_effect: float, patients: int, seed: int
         print(f"  simulated and processed {row.slide} ({row.condition}) in {time.perf_counter() - t:.1f} s", flush=True)
     truth = [str(results / "synthetic" / slide / "truth_cells.parquet") for slide in plan["slide"]]
     if not (results / "synthetic" / "truth_cells.parquet").exists():
-        synth.write_cohort_truth(truth, results / "synthetic" / "truth_cells.parquet")
+        simulate.write_cohort_truth(truth, results / "synthetic" / "truth_cells.parquet")
     return results, plan
 
 
-def cohort_items(results: Path, plan: pd.DataFrame) -> list[embed.EmbedSlide]:
+def cohort_items(results: Path, plan: pd.DataFrame) -> list[EmbedSlide]:
     items = []
     for row in plan.itertuples():
         batch = getattr(row, "batch", None)
-        items.append(embed.EmbedSlide(
+        items.append(EmbedSlide(
             row.slide, str(results / row.slide / "cells.parquet"), str(results / row.slide / "patches.zarr"),
             str(row.patient), str(row.condition), str(batch) if isinstance(batch, str) and batch else row.slide,
             str(results / "synthetic" / row.slide / "truth_labels.zarr")))
@@ -107,57 +114,58 @@ def run_model(name: str, items, cfg: dict, work: Path, seed: int, truth_cells) -
     """Train, embed every slide, score every embedded cell; print and return the cohort metrics."""
     t = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
-    trained = embed.train_embedder(items, work / "embedder.pt", work / "embedder.metrics.json", cfg, seed=seed,
-                                   truth_cells=truth_cells, threads=1, progress=None)
-    model = embed.load_embedder(work / "embedder.pt")
+    trained = train_embedder(items, work / "embedder.pt", work / "embedder.metrics.json", cfg, seed=seed,
+                             truth_cells=truth_cells, threads=1, progress=None)
+    model = load_embedder(work / "embedder.pt")
     paths = []
     for item in items:
         paths.append(str(work / f"{item.slide}.embedding.parquet"))
-        embed.embed_slide(model, item.patches, item.cells, paths[-1], category=item.category(cfg.get("condition_on", "none")),
-                          device="cpu", threads=1, progress=None)
-    frame = embed.read_embeddings(paths)
-    m = embed.evaluate_embeddings(frame, items, cfg.get("condition_on", "none"), truth_cells,
-                                  sample_size=int(cfg.get("metrics", {}).get("sample_size", 4000)), seed=seed)
+        embed_slide(model, item.patches, item.cells, paths[-1], category=item.category(cfg.get("condition_on", "none")),
+                    device="cpu", threads=1, progress=None)
+    frame = read_embeddings(paths)
+    m = evaluate_embeddings(frame, items, cfg.get("condition_on", "none"), truth_cells,
+                            sample_size=int(cfg.get("metrics", {}).get("sample_size", 4000)), seed=seed)
     last = trained["history"][-1]
     print(f"\n[{name}] k={trained['cluster']['k']} by {trained['cluster']['selected_by']}; {len(trained['history'])} epochs, "
           f"final loss {last['loss']:.1f} (recon {last['recon']:.1f}, KL {last['kl']:.1f}); train {trained['train_seconds']:.0f} s, "
           f"total {time.perf_counter() - t:.0f} s")
-    print("  " + embed.format_metrics(m).replace("\n", "\n  "))
+    print("  " + format_metrics(m).replace("\n", "\n  "))
     return m
 
 
 def run_pixel_baseline(name: str, items, cfg: dict, seed: int, truth_cells) -> dict:
     """Baseline: PCA of the raw patch pixels to latent_dim components, clustered and scored the same way."""
-    from hemoprofile.classify import open_patch_array
+    from hemoprofile.io.patches import open_patch_array
 
     t = time.perf_counter()
-    full = embed.resolve_embed(cfg)
-    sample = embed.load_sample(items, int(full["cells_per_slide"]), "none", seed, truth_cells, progress=lambda m: None)
+    full = resolve_embed(cfg)
+    sample = load_sample(items, int(full["cells_per_slide"]), "none", seed, truth_cells, progress=lambda m: None)
     flat = sample.patches.reshape(len(sample.patches), -1).astype(np.float32) / 255.0
-    pca = embed.fit_pca(flat, int(full["latent_dim"]))
-    clustering = embed.fit_clustering(embed.apply_pca(pca, flat), full["cluster"], seed)
+    pca = fit_pca(flat, int(full["latent_dim"]))
+    clustering = fit_latent_clustering(apply_pca(pca, flat), full["cluster"], seed)
     frames = []
     for item in items:
         array, _, _ = open_patch_array(item.patches)
         cells = pd.read_parquet(item.cells, columns=["cell_id"])
-        z = embed.apply_pca(pca, np.asarray(array[:]).reshape(len(cells), -1).astype(np.float32) / 255.0)
+        z = apply_pca(pca, np.asarray(array[:]).reshape(len(cells), -1).astype(np.float32) / 255.0)
         f = pd.DataFrame(z, columns=[f"z_{i}" for i in range(z.shape[1])])
         f.insert(0, "cell_id", cells["cell_id"].to_numpy())
         f.insert(0, "slide", item.slide)
-        f["cluster"] = embed.assign_clusters(clustering, z)
+        f["cluster"] = assign_latent_clusters(clustering, z)
         f["row"] = np.arange(len(f))
         frames.append(f)
     frame = pd.concat(frames, ignore_index=True)
-    m = embed.evaluate_embeddings(frame, items, "none", truth_cells,
-                                  sample_size=int(full["metrics"]["sample_size"]), seed=seed)
+    m = evaluate_embeddings(frame, items, "none", truth_cells,
+                            sample_size=int(full["metrics"]["sample_size"]), seed=seed)
     print(f"\n[{name}] k={clustering['k']} by {clustering['selected_by']}; {time.perf_counter() - t:.0f} s")
-    print("  " + embed.format_metrics(m).replace("\n", "\n  "))
+    print("  " + format_metrics(m).replace("\n", "\n  "))
     return m
 
 
 def remaining_batch_effect(items, truth_cells) -> None:
     """Spread across slides of granulocytes' per-channel intensity: raw image vs preprocessed patches."""
-    from hemoprofile.classify import open_patch_array, truth_cell_types
+    from hemoprofile.io.patches import open_patch_array
+    from hemoprofile.io.truth import truth_cell_types
 
     truth = pd.read_parquet(truth_cells, columns=["slide", "cell_id", "cell_type"])
     raw, pre = {}, {}
@@ -243,7 +251,7 @@ def main(argv=None) -> int:
         summary_table(rows)
 
     if not args.skip_pbc:
-        from hemoprofile.collection import ingest_collection
+        from hemoprofile.ingest.collection import ingest_collection
 
         if not args.pbc.is_dir():
             print(f"\nPBC: {args.pbc} not found; skipped")
@@ -253,7 +261,7 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 ingest_collection(args.pbc, out / "cells.parquet", out / "patches.zarr", args.pbc_patch_size, progress=None)
                 print(f"\ningested {args.pbc} at {args.pbc_patch_size} px in {time.perf_counter() - t:.0f} s")
-            item = [embed.EmbedSlide("pbc", str(out / "cells.parquet"), str(out / "patches.zarr"))]
+            item = [EmbedSlide("pbc", str(out / "cells.parquet"), str(out / "patches.zarr"))]
             n = len(pd.read_parquet(item[0].cells, columns=["cell_id"]))
             print(f"\nPBC: {n} crops, 8 labels, {args.pbc_patch_size} px RGB; one collection = one batch (no cVAE)")
             cfg = {**base, "cells_per_slide": n, "train": {**base["train"], "epochs": args.pbc_epochs}}

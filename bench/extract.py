@@ -1,7 +1,7 @@
 """Benchmark of the extract stage on simulated slides: speed, memory, bytes per cell, truth match.
 
 Simulates two slides of about 25k and 100k cells (512 px frames, dense), tiles and preprocesses them,
-then runs :func:`hemoprofile.extract.extract_slide` against ``truth_labels.zarr`` as the labels, each run
+then runs :func:`hemoprofile.features.extract.extract_slide` against ``truth_labels.zarr`` as the labels, each run
 in its own subprocess so its peak RSS (VmHWM) is its own. Prints per run: cells/s, peak RSS, bytes on
 disk per cell (cells.parquet + patches.zarr), and a match against truth_cells.parquet (detection rate,
 centroid/area/nucleus/intensity errors, gate accuracy); then the RSS ratio larger/smaller (target <= 1.2)
@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hemoprofile import synth  # noqa: E402
+from hemoprofile import simulate  # noqa: E402
 from hemoprofile.config import validate_config  # noqa: E402
 
 FRAME = 512
@@ -53,23 +52,23 @@ def _synth_cfg(n_frames_rows: int, n_frames_cols: int) -> dict:
 
 def prepare(workdir: Path, target_cells: int) -> dict:
     """Simulate, tile and preprocess one slide of about ``target_cells`` cells (cached in workdir)."""
-    from hemoprofile.preprocess import preprocess_slide
+    from hemoprofile.preprocess.pipeline import preprocess_slide
     from hemoprofile.io.slide_sources import open_slide_source
-    from hemoprofile.tile import tile_slide
+    from hemoprofile.ingest.tile import tile_slide
 
     n_frames = max(1, round(target_cells / KEPT_PER_FRAME))
     rows = int(np.floor(np.sqrt(n_frames)))
     cols = int(np.ceil(n_frames / rows))
     synth_cfg, cfg = _synth_cfg(rows, cols)
     out = workdir / f"slide_{target_cells}"
-    plan = synth.plan_cohort(synth_cfg, out / "synthetic")
+    plan = simulate.plan_cohort(synth_cfg, out / "synthetic")
     sample = plan.iloc[0]
     slide_dir = out / "synthetic" / sample["slide"]
     if not (slide_dir / "truth_cells.parquet").exists():
-        synth.simulate_slide(synth_cfg, sample, out / "synthetic")
+        simulate.simulate_slide(synth_cfg, sample, out / "synthetic")
     image = out / "image.zarr"
     if not image.exists():
-        with open_slide_source(sample["path"], "frames", synth.CHANNELS, pixel_size_um=0.65,
+        with open_slide_source(sample["path"], "frames", simulate.CHANNELS, pixel_size_um=0.65,
                                frame_rows=rows, frame_cols=cols) as source:
             tile_slide(source, image, tile_size=512, progress=None)
     pre = out / "preprocessed.zarr"
@@ -151,8 +150,7 @@ def pc_max(column) -> float:
 
 _CHILD = r"""
 import json, sys, resource
-sys.path.insert(0, {src!r})
-from hemoprofile.extract import extract_slide
+from hemoprofile.features.extract import extract_slide
 args = json.loads(sys.argv[1])
 summary = extract_slide(args["labels"], args["image"], args["pre"], args["cells"], args["patches"],
                         args["clusters"], args["extract"], None, slide="bench", progress=None)
@@ -168,7 +166,7 @@ def run_extract(slide: dict, out_dir: Path, extract_cfg: dict) -> dict:
     args = {"labels": slide["labels"], "image": slide["image"], "pre": slide["pre"],
             "cells": str(out_dir / "cells.parquet"), "patches": str(out_dir / "patches.zarr"),
             "clusters": str(out_dir / "clusters.parquet"), "extract": extract_cfg}
-    proc = subprocess.run([sys.executable, "-c", _CHILD.format(src=str(ROOT / "src")), json.dumps(args)],
+    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
@@ -186,7 +184,7 @@ def truth_match(slide: dict, cells_path: Path) -> dict:
     """Match extracted cells to truth by id (the labels are the truth labels) and report errors."""
     truth = pd.read_parquet(slide["truth"])
     cols = ["cell_id", "y", "x", "area", "nucleus_area", "gate_label", "cluster_id",
-            *(f"mean_{c}" for c in synth.CHANNELS)]
+            *(f"mean_{c}" for c in simulate.CHANNELS)]
     cells = pd.read_parquet(cells_path, columns=cols)
     m = truth.merge(cells, on="cell_id", suffixes=("_true", ""))
     out = {
@@ -197,7 +195,7 @@ def truth_match(slide: dict, cells_path: Path) -> dict:
         "nucleus_area_rel_err_median": float(((m["nucleus_area"] - m["nucleus_area_px"]).abs()
                                                / m["nucleus_area_px"].clip(lower=1)).median()),
     }
-    for c in synth.CHANNELS:
+    for c in simulate.CHANNELS:
         # raw mean vs the simulator's noise-free level: equal up to the slide's gain and background
         # (unknown here) plus blur and noise, so fit mean = a * true + b and report the scatter around it
         a, b = np.polyfit(m[f"true_{c}"], m[f"mean_{c}"], 1)

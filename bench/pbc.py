@@ -1,7 +1,7 @@
 """Benchmark: 8-class peripheral blood cell classification on PBC, trained from scratch.
 
 Trains hemoprofile's CellNet (hemoprofile.nn.cnn) with the package's training loop
-(hemoprofile.classify.fit_classifier) on a seeded, stratified 80/20 split of /work/shared/data/pbc
+(hemoprofile.classify.training.fit_classifier) on a seeded, stratified 80/20 split of /work/shared/data/pbc
 (Acevedo et al. 2020, CC BY 4.0), within a wall-clock budget, and prints held-out accuracy, macro F1,
 the confusion matrix, training time (s/epoch) and inference throughput (cells/s) on the CPU and, when
 present, on CUDA.
@@ -32,19 +32,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from hemoprofile.classify.checkpoints import load_classifier, save_classifier  # noqa: E402
+from hemoprofile.classify.inference import predict_proba  # noqa: E402
+from hemoprofile.classify.metrics import classification_metrics, format_confusion  # noqa: E402
+from hemoprofile.classify.splits import stratified_split  # noqa: E402
+from hemoprofile.classify.training import TrainSettings, fit_classifier  # noqa: E402
 from hemoprofile.nn.augment import AugmentConfig  # noqa: E402
-from hemoprofile.classify import (  # noqa: E402
-    TrainSettings,
-    classification_metrics,
-    fit_classifier,
-    format_confusion,
-    load_classifier,
-    predict_proba,
-    save_classifier,
-    stratified_split,
-)
 from hemoprofile.nn.cnn import CellNetSpec, build_model, count_parameters, fuse_batchnorm  # noqa: E402
 from hemoprofile.nn.devices import pick_device  # noqa: E402
 
@@ -189,7 +183,7 @@ def main(argv=None) -> int:
     print(f"inference: {cps_cpu:.0f} cells/s on CPU ({torch.get_num_threads()} thread(s), {cpu.description}, no TTA)"
           + (f", {figures['cuda_cells_per_s']:.0f} cells/s on CUDA" if "cuda_cells_per_s" in figures else ", no CUDA GPU present"))
     if args.save:
-        # patch_size: the edge at which hemoprofile.collection must read a whole PBC crop (longer side) so
+        # patch_size: the edge at which hemoprofile.ingest.collection must read a whole PBC crop (longer side) so
         # that the centre input_size window shows cells at the scale trained here; `hemoprofile classify`
         # ingests at that size and centre-crops
         whole = round((args.size + args.margin) / args.crop_fraction)

@@ -27,7 +27,7 @@ model, 512 px tiles) through the same package function its workflow script calls
     On one slide (``--overhead-slide``, default the small one), in one subprocess with the model loaded
     once (load time printed apart): a first project run records every ``model.eval`` call the segment
     stage makes (the exact (n, y, x, 2) batches and keyword arguments) and warms torch up; then,
-    ``--repeats`` times, alternating: *project* = ``hemoprofile.stitch.segment_slide`` (open the zarr,
+    ``--repeats`` times, alternating: *project* = ``hemoprofile.segment.tiled.segment_slide`` (open the zarr,
     slide-wide calibration from 16 sampled tiles, read the halo windows, prepare the network input,
     ``model.eval`` on ``batch_tiles`` windows at a time, stitch, write labels.zarr), and *plain Cellpose*
     = the recorded ``CellposeModel.eval`` calls replayed back to back on arrays already in memory (same
@@ -38,7 +38,7 @@ model, 512 px tiles) through the same package function its workflow script calls
     ``model.eval`` is recorded too: project / its own eval time compares two figures of one run, the
     steadier estimate of what the stage adds around Cellpose.
 ``classify-batch``
-    ``hemoprofile.classify.classify_slide`` (read patches.zarr block by block, infer, write parquet) on
+    ``hemoprofile.classify.inference.classify_slide`` (read patches.zarr block by block, infer, write parquet) on
     the large slide's patches with the lineage classifier at each ``--batch-sizes`` (cells/s, best of
     ``--repeats``, after one warm-up), beside a baseline: ``classifier_probabilities`` at batch 1024 on
     the same patches already in memory (no zarr read, no parquet write). Swept at each
@@ -76,7 +76,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 PARTS = ("memory", "segment-overhead", "classify-batch", "rerun")
 STAGES = ("tile", "preprocess", "segment", "extract", "classify", "embed")
@@ -137,7 +136,7 @@ def _child_stage(job: dict) -> dict:
     stage, p, cfg, threads = job["stage"], job["paths"], job["config"], job["threads"]
     if stage == "tile":
         from hemoprofile.io.slide_sources import open_slide_source
-        from hemoprofile.tile import tile_slide
+        from hemoprofile.ingest.tile import tile_slide
 
         def run():
             with open_slide_source(p["frames"], "frames", p["channels"], pixel_size_um=p["pixel_size_um"],
@@ -146,7 +145,7 @@ def _child_stage(job: dict) -> dict:
                 return tile_slide(src, p["image"], tile_size=cfg["tile"]["size"],
                                   compression_level=cfg["tile"]["compression_level"], progress=None)
     elif stage == "preprocess":
-        from hemoprofile.preprocess import preprocess_slide
+        from hemoprofile.preprocess.pipeline import preprocess_slide
 
         def run():
             return preprocess_slide(p["image"], p["pre"], cfg["preprocess"], seed=cfg["seed"], progress=None)
@@ -154,20 +153,20 @@ def _child_stage(job: dict) -> dict:
         import cellpose.models  # noqa: F401  (imported lazily by the stage: counted in the floor, not the stage)
         import torch
 
-        from hemoprofile.stitch import segment_slide
+        from hemoprofile.segment.tiled import segment_slide
 
         torch.set_num_threads(threads)
 
         def run():
             return segment_slide(p["pre"], p["labels"], cfg["segment"], seed=cfg["seed"], progress=None)
     elif stage == "extract":
-        from hemoprofile.extract import extract_slide
+        from hemoprofile.features.extract import extract_slide
 
         def run():
             return extract_slide(p["labels"], p["image"], p["pre"], p["cells"], p["patches"], p["clusters"],
                                  cfg["extract"], cfg["gating"], slide=p["slide"], progress=None)
     elif stage == "classify":
-        from hemoprofile.classify import classify_slide
+        from hemoprofile.classify.inference import classify_slide
 
         c = cfg["classify"]
 
@@ -176,7 +175,7 @@ def _child_stage(job: dict) -> dict:
                                   mixed_precision=c["mixed_precision"], batch_size=c["batch_size"], tta=c["tta"],
                                   threads=threads, progress=None)
     elif stage == "embed":
-        from hemoprofile.embed import embed_slide
+        from hemoprofile.embed.slide import embed_slide
 
         e = cfg["embed"]
 
@@ -196,8 +195,10 @@ def _child_stage(job: dict) -> dict:
 
 def _child_train(job: dict) -> dict:
     """Train the lineage classifier and the VAE on one slide, as the workflow's training rules do."""
-    from hemoprofile.classify import SlideInput, train_classifier
-    from hemoprofile.embed import EmbedSlide, train_embedder
+    from hemoprofile.classify.labels import SlideInput
+    from hemoprofile.classify.training import train_classifier
+    from hemoprofile.embed.sample import EmbedSlide
+    from hemoprofile.embed.training import train_embedder
 
     p, cfg, threads = job["paths"], job["config"], job["threads"]
     t0 = time.perf_counter()
@@ -222,8 +223,10 @@ def _child_segment_overhead(job: dict) -> dict:
     import torch
 
     from hemoprofile.nn.devices import pick_device
-    from hemoprofile.segment import build_segmenter, load_cellpose_model, segment_settings
-    from hemoprofile.stitch import segment_slide
+    from hemoprofile.segment.cellpose_model import load_cellpose_model
+    from hemoprofile.segment.segmenter import build_segmenter
+    from hemoprofile.segment.settings import segment_settings
+    from hemoprofile.segment.tiled import segment_slide
 
     p, threads = job["paths"], job["threads"]
     torch.set_num_threads(threads)
@@ -289,8 +292,9 @@ def _child_classify_batch(job: dict) -> dict:
     """classify_slide at several batch sizes, and the in-memory inference baseline."""
     import numpy as np
 
-    from hemoprofile.classify import (channel_index, classifier_probabilities, classify_slide, load_classifier,
-                                      open_patch_array)
+    from hemoprofile.classify.checkpoints import load_classifier
+    from hemoprofile.classify.inference import channel_index, classifier_probabilities, classify_slide
+    from hemoprofile.io.patches import open_patch_array
     from hemoprofile.nn.devices import pick_device
 
     p, c, threads = job["paths"], job["config"]["classify"], job["threads"]
@@ -354,19 +358,19 @@ def run_child(job: dict, log_path: Path) -> dict:
 
 def prepare_slide(workdir: Path, n: int, frame_size: int, cfg: dict) -> dict:
     """Simulate one slide of n x n frames (cached) and return the paths every stage uses."""
-    from hemoprofile import synth
+    from hemoprofile import simulate
 
     s = copy.deepcopy(cfg["synthetic"])
     s["frame"] = {"height": frame_size, "width": frame_size}
     s["grid"] = {"rows": n, "cols": n}
     s["conditions"] = {"disease_a": {**s["conditions"]["disease_a"], "patients": 1, "blind_patients": 0}}
     out = workdir / f"slide_{n}x{n}_{frame_size}px"
-    plan = synth.plan_cohort(s, out / "synthetic")
+    plan = simulate.plan_cohort(s, out / "synthetic")
     sample = plan.iloc[0]
     syn = out / "synthetic" / sample["slide"]
     if not (syn / "truth_cells.parquet").exists():
         t0 = time.perf_counter()
-        summary = synth.simulate_slide(s, sample, out / "synthetic")
+        summary = simulate.simulate_slide(s, sample, out / "synthetic")
         print(f"simulated {n}x{n} frames of {frame_size} px: {summary['n_cells']} cells in "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     models = workdir / "models"
@@ -523,7 +527,7 @@ class Suite:
         import yaml
 
         sys.path.insert(0, str(ROOT / "tests"))
-        from tiny_workflow import TINY_CONFIG, TINY_SLIDES
+        from helpers.tiny_workflow import TINY_CONFIG, TINY_SLIDES
 
         wd = self.workdir / "rerun"
         if wd.exists():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hemoprofile import synth
+from hemoprofile import simulate
 from hemoprofile.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,10 +22,10 @@ def main() -> None:
     config = load_config(REPO / "config" / "config.yaml")
     cfg = config["synthetic"]
     with tempfile.TemporaryDirectory() as tmp:
-        plan = synth.plan_cohort(cfg, tmp)
+        plan = simulate.plan_cohort(cfg, tmp)
         with_ctcs = [c for c, spec in cfg["conditions"].items() if spec["ctc_per_1000"] > 0]
         for _, sample in plan[plan["condition"].isin(with_ctcs)].iterrows():
-            synth.simulate_slide(cfg, sample, tmp, config["frames"]["pattern"], config["frames"]["order"])
+            simulate.simulate_slide(cfg, sample, tmp, config["frames"]["pattern"], config["frames"]["order"])
             truth = pd.read_parquet(Path(sample["path"]).parent / "truth_cells.parquet")
             ctcs = truth[truth["cell_type"] == "CTC"]
             if len(ctcs):
@@ -34,7 +34,7 @@ def main() -> None:
             raise SystemExit("no simulated slide holds a CTC; raise ctc_per_1000 in the config")
         score = ctcs.groupby("frame")["cluster_id"].agg(lambda ids: (ids >= 0).sum() * 10 + len(ids))
         frame = int(score.idxmax())
-        synth.render_frame_overlay(sample, frame, OUT_PNG, config["frames"]["pattern"], config["frames"]["order"])
+        simulate.render_frame_overlay(sample, frame, OUT_PNG, config["frames"]["pattern"], config["frames"]["order"])
     print(f"wrote {OUT_PNG} (slide {sample['slide']}, frame {frame}, {OUT_PNG.stat().st_size // 1024} KB)")
 
 

@@ -15,17 +15,14 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import report_fixtures
 
 from hemoprofile.report import SECTIONS, build_report
-
-sys.path.insert(0, str(Path(__file__).parent))
-import report_fixtures  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

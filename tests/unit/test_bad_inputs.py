@@ -15,16 +15,16 @@ import pytest
 import tifffile
 import yaml
 
-from hemoprofile import synth
 from hemoprofile.config import ConfigError, check_sample_channels, read_sample_sheet, validate_config
-from hemoprofile.extract import extract_slide
+from hemoprofile.features.extract import extract_slide
 from hemoprofile.io.patches import open_patch_array
 from hemoprofile.io.tables import cells_schema
 from hemoprofile.io import open_ome_zarr
-from hemoprofile.preprocess import preprocess_slide
+from hemoprofile.preprocess.pipeline import preprocess_slide
 from hemoprofile.io.slide_sources import open_slide_source
-from hemoprofile.stitch import segment_slide
-from hemoprofile.tile import tile_slide
+from hemoprofile.segment.tiled import segment_slide
+from hemoprofile.ingest.tile import tile_slide
+from hemoprofile.simulate import plan_cohort, simulate_slide
 
 HEADER = "slide\tpatient\tcondition\tpath\tformat\tchannels\tpixel_size_um\tframe_rows\tframe_cols\n"
 
@@ -155,8 +155,8 @@ def simulated_frames(tmp_path_factory, demo_config):
         "enabled": True, "seed": 3, "frame": {"height": 128, "width": 128}, "grid": {"rows": 2, "cols": 2},
         "cells_per_frame": 15,
         "conditions": {"control": {"patients": 1, "composition": {"CD4_T": 0.3, "granulocyte": 0.7}}}}})["synthetic"]
-    sample = synth.plan_cohort(synthetic, out).iloc[0]
-    synth.simulate_slide(synthetic, sample, out)
+    sample = plan_cohort(synthetic, out).iloc[0]
+    simulate_slide(synthetic, sample, out)
     return Path(sample["path"])
 
 
@@ -249,7 +249,8 @@ def test_slide_without_cells_runs_every_stage_to_empty_outputs(tmp_path, demo_co
     assert segmented["n_objects"] == 0 and extracted["n_cells"] == 0
     assert_empty_but_well_formed(tmp_path, demo_config)
     # and the classify stage writes a 0-row predictions table with its columns
-    from hemoprofile.classify import classify_slide, save_classifier
+    from hemoprofile.classify.checkpoints import save_classifier
+    from hemoprofile.classify.inference import classify_slide
     from hemoprofile.nn.cnn import CellNetSpec, build_model
 
     model = tmp_path / "classifier_ctc.pt"

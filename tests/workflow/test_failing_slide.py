@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from hemoprofile import synth
 from hemoprofile.config import validate_config
+from hemoprofile.simulate import plan_cohort, simulate_slide
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -35,9 +35,9 @@ def own_slides(tmp_path):
         "enabled": True, "seed": 3, "frame": {"height": 128, "width": 128}, "grid": {"rows": 2, "cols": 2},
         "cells_per_frame": 15,
         "conditions": {"control": {"patients": 2, "composition": {"CD4_T": 0.3, "granulocyte": 0.7}}}}})["synthetic"]
-    plan = synth.plan_cohort(synthetic, tmp_path / "data")
+    plan = plan_cohort(synthetic, tmp_path / "data")
     for _, sample in plan.iterrows():
-        synth.simulate_slide(synthetic, sample, tmp_path / "data")
+        simulate_slide(synthetic, sample, tmp_path / "data")
     plan.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
     config = {
         "samples": "samples.tsv", "results": "results", "synthetic": {"enabled": False}, "tile": {"size": 96},

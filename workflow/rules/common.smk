@@ -1,13 +1,11 @@
 # Configuration, sample sheet and input functions. Defines no rules.
+# The package is installed into the environment that runs Snakemake (make env: pip install -e .).
 import os
-import sys
-
-sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 import pandas as pd
 
 import hemoprofile
-from hemoprofile import synth
+from hemoprofile.simulate import plan_cohort
 from hemoprofile.vocabulary import cell_type_names
 from hemoprofile.config import (
     ConfigError,
@@ -43,7 +41,7 @@ SYNTHETIC_DIR = f"{RESULTS}/synthetic"
 try:
     if SYNTHETIC:
         SAMPLES = validate_sample_sheet(
-            synth.plan_cohort(config["synthetic"], SYNTHETIC_DIR),
+            plan_cohort(config["synthetic"], SYNTHETIC_DIR),
             source="synthetic cohort plan",
             check_paths=False,
         )
@@ -167,7 +165,7 @@ def embed_cohort_inputs(wildcards):
 
 
 def embedding_figure_outputs():
-    """The cohort figures (keys of hemoprofile.latent_maps.FIGURE_KEYS) -> paths."""
+    """The cohort figures (keys of hemoprofile.embed.maps.FIGURE_KEYS) -> paths."""
     keys = ["cluster", "slide", "condition", "batch", "reconstructions"]
     if SYNTHETIC:
         keys.append("label")

@@ -1,5 +1,5 @@
 # Unsupervised latent space (hemoprofile.embed): train_embedder trains a VAE or conditional VAE on a
-# per-slide sample of every slide's patches and fits the 2-D map (PCA) and the clusters on it, once, so
+# per-slide sample of every slide's patches and fits the 2-D map (PCA) and the latent clusters on it, once, so
 # map coordinates and cluster ids agree across slides; embed writes results/<slide>/embedding.parquet;
 # embedding_figures draws the cohort's maps and reconstructions and scores the clustering.
 #

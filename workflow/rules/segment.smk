@@ -3,10 +3,12 @@
 # GPU rule: with segment.backend cellpose this is the one stage that wants a GPU. Profiles map it by
 # its name, `segment` (profiles/slurm: GPU partition and a gpu request); config holds no resources.
 
-from hemoprofile.segment import is_model_file as is_cellpose_model_file
+from hemoprofile.segment.cellpose_model import is_model_file as is_cellpose_model_file
 
 
 # A Cellpose model file is an input, so retraining the model reruns segmentation; built-in names are not files.
+# A relative segment.model missing from the working directory is the checkout's (common.smk's checkout_path,
+# against workflow.basedir), so `snakemake -d elsewhere` finds the bundled model.
 SEGMENT_MODEL = (
     [config["segment"]["model"]]
     if config["segment"]["backend"] == "cellpose" and is_cellpose_model_file(config["segment"]["model"])

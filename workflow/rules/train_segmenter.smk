@@ -1,26 +1,69 @@
-# Train the project's own Cellpose segmentation model from scratch (DSB 2018 nuclei + synthetic slides).
+# Train the project's own Cellpose segmentation model (DSB 2018 nuclei + synthetic training slides).
 #
-# Not among `rule all`'s targets: the demo segments with the bundled model (models/segmentation/). Run
+# Not among `rule all`'s targets: the demo segments with the bundled model (models/segmentation/). Set
+# train_segmenter.dsb_dir to the DSB 2018 fluorescence folder, then run
 #   snakemake --profile profiles/default train_segmenter
-# and point segment.model at models/trained/segmenter.pt to use the result. A GPU rule when one is
-# present (profiles map it by its name); on CPU keep train_segmenter.threads at 1 on shared machines.
+# It writes {results}/models/segmenter/segmenter.pt (+ .pt.json sidecar, metrics, DSB split); point
+# segment.model at that file to use it. A GPU rule when one is present (profiles map it by its name); on
+# CPU keep train_segmenter.threads at 1 on shared machines.
 
-from hemoprofile.segmentation_training import TRAINING_VERSION as SEGMENTER_TRAINING_VERSION
+from hemoprofile.segment.training.train import TRAINING_VERSION as SEGMENTER_TRAINING_VERSION
+
+SEGMENTER_TRAINING_DIR = f"{RESULTS}/train_segmenter"
+SEGMENTER_MODEL_DIR = f"{RESULTS}/models/segmenter"
+# The synthetic training cohort's sheet; none when train_segmenter.synthetic_weight is 0 (DSB only).
+SEGMENTER_COHORT = (
+    f"{SEGMENTER_TRAINING_DIR}/synthetic/cohort.tsv" if config["train_segmenter"]["synthetic_weight"] > 0 else None
+)
+
+
+def segmenter_dsb_index(wildcards):
+    dsb_dir = config["train_segmenter"].get("dsb_dir")
+    if not dsb_dir:
+        raise WorkflowError(
+            "train_segmenter.dsb_dir is not set: name the DSB 2018 fluorescence folder (images/<id>.png, "
+            "masks/<id>.png, index.csv) in the config to train the segmentation model"
+        )
+    return f"{dsb_dir}/index.csv"
+
+
+# The synthetic training slides: the simulate stage's cohort with the training seed (never the demo's).
+rule simulate_segmenter_training:
+    output:
+        cohort=f"{SEGMENTER_TRAINING_DIR}/synthetic/cohort.tsv",
+        slides=directory(f"{SEGMENTER_TRAINING_DIR}/synthetic/slides"),
+    params:
+        synthetic=config["synthetic"],
+        train=config["train_segmenter"],
+        version=stage_version("simulate"),
+    log:
+        f"{RESULTS}/logs/train_segmenter/simulate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_segmenter/simulate.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/simulate_segmenter_training.py"
 
 
 rule train_segmenter:
     input:
-        dsb_index=f"{config['train_segmenter']['dsb_dir']}/index.csv",
+        dsb_index=segmenter_dsb_index,
+        cohort=[SEGMENTER_COHORT] if SEGMENTER_COHORT else [],
         init_model=[config["train_segmenter"]["init_model"]] if config["train_segmenter"].get("init_model") else [],
     output:
-        model="models/trained/segmenter.pt",
-        sidecar="models/trained/segmenter.pt.json",
-        metrics="models/trained/segmenter_metrics.json",
-        split="models/trained/dsb2018_split.json",
-        work=temp(directory(f"{RESULTS}/train_segmenter")),
+        model=f"{SEGMENTER_MODEL_DIR}/segmenter.pt",
+        sidecar=f"{SEGMENTER_MODEL_DIR}/segmenter.pt.json",
+        metrics=f"{SEGMENTER_MODEL_DIR}/segmenter_metrics.json",
+        split=f"{SEGMENTER_MODEL_DIR}/dsb2018_split.json",
+        work=temp(directory(f"{SEGMENTER_TRAINING_DIR}/work")),
     params:
         train=config["train_segmenter"],
-        synthetic=config["synthetic"],
+        segment=config["segment"],
+        cohort=SEGMENTER_COHORT,
         version={"stage": "train_segmenter", "version": SEGMENTER_TRAINING_VERSION, "package": hemoprofile.__version__},
     log:
         f"{RESULTS}/logs/train_segmenter.log",

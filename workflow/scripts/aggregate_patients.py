@@ -1,8 +1,11 @@
-"""Snakemake adapter: aggregate every slide into one row per patient (hemoprofile.aggregate)."""
-import package_path  # noqa: F401  (src/ on sys.path)
+"""Snakemake adapter: aggregate every slide into one row per patient (hemoprofile.patients.aggregate)."""
 import pandas as pd
 
-from hemoprofile.aggregate import aggregate_patients, column_descriptions, write_patient_table
+from hemoprofile.patients.aggregate import (
+    aggregate_patients,
+    column_descriptions,
+    write_patient_table,
+)
 from hemoprofile.runlog import job_progress
 
 progress = job_progress(snakemake.log[0], "aggregate_patients")

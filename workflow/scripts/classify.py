@@ -1,9 +1,8 @@
 """Snakemake adapter: predict every cell of one slide with each task's classifier
-(hemoprofile.classify.classify_slide)."""
+(hemoprofile.classify.inference.classify_slide)."""
 import logging
 
-import package_path  # noqa: F401  (src/ on sys.path)
-from hemoprofile.classify import classify_slide
+from hemoprofile.classify.inference import classify_slide
 from hemoprofile.runlog import job_progress
 
 progress = job_progress(snakemake.log[0], f"classify {snakemake.wildcards.slide}")

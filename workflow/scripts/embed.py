@@ -1,8 +1,8 @@
-"""Snakemake adapter: embed one slide's cells (hemoprofile.embed.embed_slide)."""
+"""Snakemake adapter: embed one slide's cells (hemoprofile.embed.slide.embed_slide)."""
 import logging
 
-import package_path  # noqa: F401  (src/ on sys.path)
-from hemoprofile.embed import EmbedSlide, embed_slide
+from hemoprofile.embed.sample import EmbedSlide
+from hemoprofile.embed.slide import embed_slide
 from hemoprofile.runlog import job_progress
 
 slide = snakemake.wildcards.slide

@@ -1,10 +1,9 @@
 """Snakemake adapter: the cohort's latent maps, reconstructions and clustering metrics
-(hemoprofile.latent_maps.cohort_figures)."""
+(hemoprofile.embed.maps.cohort_figures)."""
 import logging
 
-import package_path  # noqa: F401  (src/ on sys.path)
-from hemoprofile.embed import EmbedSlide
-from hemoprofile.latent_maps import FIGURE_KEYS, cohort_figures
+from hemoprofile.embed.maps import FIGURE_KEYS, cohort_figures
+from hemoprofile.embed.sample import EmbedSlide
 from hemoprofile.runlog import job_progress
 
 progress = job_progress(snakemake.log[0], "embedding_figures")

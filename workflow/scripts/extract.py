@@ -1,6 +1,5 @@
-"""Snakemake adapter: extract one slide's cells, patches and clusters (hemoprofile.extract.extract_slide)."""
-import package_path  # noqa: F401  (src/ on sys.path)
-from hemoprofile.extract import extract_slide
+"""Snakemake adapter: extract one slide's cells, patches and clusters (hemoprofile.features.extract.extract_slide)."""
+from hemoprofile.features.extract import extract_slide
 from hemoprofile.runlog import job_progress
 
 extract_slide(

@@ -1,9 +1,8 @@
-"""Snakemake adapter: score every patient with the two-stage patient model (hemoprofile.patient_model)."""
-import package_path  # noqa: F401  (src/ on sys.path)
+"""Snakemake adapter: score every patient with the two-stage patient model (hemoprofile.patients.prediction)."""
 import pandas as pd
 
 from hemoprofile.io import atomic_output
-from hemoprofile.patient_model import load_model, predict_two_stage
+from hemoprofile.patients.prediction import load_model, predict_two_stage
 from hemoprofile.runlog import job_progress
 
 progress = job_progress(snakemake.log[0], "predict_patients")

@@ -1,6 +1,5 @@
-"""Snakemake adapter: preprocess one slide (hemoprofile.preprocess.preprocess_slide)."""
-import package_path  # noqa: F401  (src/ on sys.path)
-from hemoprofile.preprocess import preprocess_slide
+"""Snakemake adapter: preprocess one slide (hemoprofile.preprocess.pipeline.preprocess_slide)."""
+from hemoprofile.preprocess.pipeline import preprocess_slide
 from hemoprofile.runlog import job_progress
 
 preprocess_slide(

@@ -1,5 +1,4 @@
 """Snakemake adapter: build the self-contained cohort report (hemoprofile.report)."""
-import package_path  # noqa: F401  (src/ on sys.path)
 import pandas as pd
 
 from hemoprofile.report import ReportInputs, build_report, collect_provenance

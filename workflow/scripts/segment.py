@@ -1,9 +1,8 @@
-"""Snakemake adapter: segment one slide (hemoprofile.stitch.segment_slide)."""
-import package_path  # noqa: F401  (src/ on sys.path)
+"""Snakemake adapter: segment one slide (hemoprofile.segment.tiled.segment_slide)."""
 import logging
 
 from hemoprofile.runlog import job_progress
-from hemoprofile.stitch import segment_slide
+from hemoprofile.segment.tiled import segment_slide
 
 progress = job_progress(snakemake.log[0], f"segment {snakemake.wildcards.slide}")
 # The package logs the device and model choice; send those lines to the job's log too.

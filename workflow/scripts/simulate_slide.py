@@ -1,7 +1,6 @@
-"""Snakemake adapter: simulate one synthetic slide with ground truth (hemoprofile.synth.simulate_slide)."""
-import package_path  # noqa: F401  (src/ on sys.path)
+"""Snakemake adapter: simulate one synthetic slide with ground truth (hemoprofile.simulate.simulate_slide)."""
 from hemoprofile.runlog import job_progress
-from hemoprofile.synth import simulate_slide
+from hemoprofile.simulate import simulate_slide
 
 progress = job_progress(snakemake.log[0], f"simulate {snakemake.wildcards.slide}")
 summary = simulate_slide(

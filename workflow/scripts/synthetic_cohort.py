@@ -1,10 +1,9 @@
 """Snakemake adapter: write the synthetic cohort's sample sheet and its whole ground-truth cell table."""
-import package_path  # noqa: F401  (src/ on sys.path)
 import pandas as pd
 
 from hemoprofile.io import atomic_output
 from hemoprofile.runlog import job_progress
-from hemoprofile.synth import write_cohort_truth
+from hemoprofile.simulate import write_cohort_truth
 
 progress = job_progress(snakemake.log[0], "synthetic cohort")
 write_cohort_truth(list(snakemake.input.truth_cells), snakemake.output.truth_cells)

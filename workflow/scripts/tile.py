@@ -1,8 +1,7 @@
-"""Snakemake adapter: tile one slide into OME-Zarr (hemoprofile.tile.tile_slide)."""
-import package_path  # noqa: F401  (src/ on sys.path)
+"""Snakemake adapter: tile one slide into OME-Zarr (hemoprofile.ingest.tile.tile_slide)."""
 from hemoprofile.runlog import job_progress
 from hemoprofile.io.slide_sources import open_slide_source
-from hemoprofile.tile import tile_slide
+from hemoprofile.ingest.tile import tile_slide
 
 reader = snakemake.params.reader
 progress = job_progress(snakemake.log[0], f"tile {snakemake.wildcards.slide}")

@@ -1,8 +1,8 @@
-"""Snakemake adapter: train one cell classifier task (hemoprofile.classify.train_classifier)."""
+"""Snakemake adapter: train one cell classifier task (hemoprofile.classify.training.train_classifier)."""
 import logging
 
-import package_path  # noqa: F401  (src/ on sys.path)
-from hemoprofile.classify import SlideInput, train_classifier
+from hemoprofile.classify.labels import SlideInput
+from hemoprofile.classify.training import train_classifier
 from hemoprofile.runlog import job_progress
 
 progress = job_progress(snakemake.log[0], f"train_classifier {snakemake.wildcards.task}")

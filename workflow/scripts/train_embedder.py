@@ -1,9 +1,9 @@
 """Snakemake adapter: train the cohort's (conditional) VAE, 2-D map and clustering
-(hemoprofile.embed.train_embedder)."""
+(hemoprofile.embed.training.train_embedder)."""
 import logging
 
-import package_path  # noqa: F401  (src/ on sys.path)
-from hemoprofile.embed import EmbedSlide, train_embedder
+from hemoprofile.embed.sample import EmbedSlide
+from hemoprofile.embed.training import train_embedder
 from hemoprofile.runlog import job_progress
 
 progress = job_progress(snakemake.log[0], "train_embedder")

@@ -1,12 +1,14 @@
 """Snakemake adapter: train the two-stage patient ensemble with cross-validated metrics
-(hemoprofile.patient_model)."""
+(hemoprofile.patients.training)."""
 import json
 
-import package_path  # noqa: F401  (src/ on sys.path)
 import pandas as pd
 
 from hemoprofile.io import atomic_output
-from hemoprofile.patient_model import feature_columns, resolve_settings, save_model, train_two_stage
+from hemoprofile.patients.prediction import save_model
+from hemoprofile.patients.settings import resolve_settings
+from hemoprofile.patients.table import feature_columns
+from hemoprofile.patients.training import train_two_stage
 from hemoprofile.runlog import job_progress
 
 progress = job_progress(snakemake.log[0], "train_patient_model")

@@ -1,8 +1,7 @@
-"""Snakemake adapter: train the Cellpose segmentation model (hemoprofile.segmentation_training.train_from_config)."""
+"""Snakemake adapter: train the Cellpose segmentation model (hemoprofile.segment.training.train.train_from_config)."""
 import logging
 
-import package_path  # noqa: F401  (src/ on sys.path)
-from hemoprofile.segmentation_training import train_from_config
+from hemoprofile.segment.training.train import train_from_config
 
 logging.basicConfig(filename=snakemake.log[0], filemode="w", level=logging.INFO,
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -16,5 +15,6 @@ train_from_config(
     metrics_path=snakemake.output.metrics,
     split_path=snakemake.output.split,
     work_dir=snakemake.output.work,
-    synth_cfg=snakemake.params.synthetic if params.get("synthetic_weight", 0) > 0 else None,
+    cohort_path=snakemake.params.cohort,
+    segment_cfg=snakemake.params.segment,
 )

@@ -15,11 +15,11 @@ CLI_CROP_MARGIN = 8
 
 
 def _ingest(folder: Path, work: Path, patch_size: int, progress: Callable[[str], None]) -> tuple[Path, Path]:
-    """Ingest a collection folder (:func:`hemoprofile.collection.ingest_collection`); return (cells, patches).
+    """Ingest a collection folder (:func:`hemoprofile.ingest.collection.ingest_collection`); return (cells, patches).
 
     An earlier ingestion in ``work`` at the same patch size is reused (``--work`` keeps it between runs).
     """
-    from hemoprofile.collection import ingest_collection
+    from hemoprofile.ingest.collection import ingest_collection
     from hemoprofile.io.patches import open_patch_array
 
     if not Path(folder).is_dir():
@@ -71,16 +71,31 @@ def _widths(text: str) -> list[int]:
     return values
 
 
+def _collection_parser(subparsers, name: str, help: str, description: str, func) -> argparse.ArgumentParser:
+    """A subcommand on a collection folder: ``COLLECTION_DIR`` first; :func:`_add_run_options` ends it."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    p.add_argument("collection", type=Path, metavar="COLLECTION_DIR")
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--threads`` and ``--work``, shared by both subcommands."""
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--work", type=Path, help="keep the ingested patches here (default: a temporary folder)")
+
+
 def add_train_classifier_parser(subparsers) -> None:
     """Add ``hemoprofile train-classifier COLLECTION_DIR --out MODEL`` to an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "train-classifier",
+    p = _collection_parser(
+        subparsers, "train-classifier",
         help="train a cell classifier on a labelled single-cell collection (PBC layout)",
         description="Train a CellNet from scratch on a folder of labelled single-cell crops "
                     "(images/<class>/*.jpg + labels.csv with path,label). Writes MODEL and MODEL's "
                     "metrics next to it (<MODEL stem>.metrics.json), scored on a held-out stratified split.",
+        func=train_classifier_command,
     )
-    p.add_argument("collection", type=Path, metavar="COLLECTION_DIR")
     p.add_argument("--out", type=Path, required=True, metavar="MODEL", help="model file to write (.pt)")
     p.add_argument("--metrics", type=Path, help="metrics JSON (default: MODEL with .metrics.json)")
     p.add_argument("--epochs", type=int, default=60, help="maximum epochs (default 60)")
@@ -99,10 +114,7 @@ def add_train_classifier_parser(subparsers) -> None:
     p.add_argument("--channel-dropout", type=float, default=0.0)
     p.add_argument("--tta", type=int, default=8, choices=(1, 2, 4, 8), help="dihedral TTA at evaluation (default 8)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--work", type=Path, help="keep the ingested patches here (default: a temporary folder)")
-    p.set_defaults(func=train_classifier_command)
+    _add_run_options(p)
 
 
 def train_classifier_command(args) -> int:
@@ -110,9 +122,12 @@ def train_classifier_command(args) -> int:
     def progress(message):
         print(message, flush=True)
 
-    from hemoprofile.classify import (
-        COLLECTION, SlideInput, format_confusion, load_training_cells, train_task, write_classifier)
+    from hemoprofile.classify.checkpoints import write_classifier
+    from hemoprofile.classify.labels import SlideInput, load_training_cells
+    from hemoprofile.classify.metrics import format_confusion
+    from hemoprofile.classify.training import train_task
     from hemoprofile.nn.devices import pick_device
+    from hemoprofile.vocabulary import COLLECTION
 
     size = int(args.patch_size)
     crop = size - int(args.crop_margin) if args.crop_margin and size - int(args.crop_margin) >= 8 else None
@@ -142,22 +157,19 @@ def train_classifier_command(args) -> int:
 
 def add_classify_parser(subparsers) -> None:
     """Add ``hemoprofile classify COLLECTION_DIR --model MODEL --out predictions.csv`` to a subparsers object."""
-    p = subparsers.add_parser(
-        "classify",
+    p = _collection_parser(
+        subparsers, "classify",
         help="classify the cells of a single-cell collection with a trained model",
         description="Predict every image of a collection folder (images/**/*.jpg|png|tif; labels.csv optional). "
                     "Writes a CSV with path, predicted_label and one p_<class> column per class; when the "
                     "collection has labels, prints accuracy, macro F1 and the confusion matrix.",
+        func=classify_command,
     )
-    p.add_argument("collection", type=Path, metavar="COLLECTION_DIR")
     p.add_argument("--model", type=Path, required=True, metavar="MODEL")
     p.add_argument("--out", type=Path, required=True, metavar="CSV")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8))
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--work", type=Path, help="keep the ingested patches here (default: a temporary folder)")
-    p.set_defaults(func=classify_command)
+    _add_run_options(p)
 
 
 def classify_command(args) -> int:
@@ -167,8 +179,9 @@ def classify_command(args) -> int:
 
     import pandas as pd
 
-    from hemoprofile.classify import (
-        channel_index, classification_metrics, classifier_probabilities, format_confusion, load_classifier)
+    from hemoprofile.classify.checkpoints import load_classifier
+    from hemoprofile.classify.inference import channel_index, classifier_probabilities
+    from hemoprofile.classify.metrics import classification_metrics, format_confusion
     from hemoprofile.io import atomic_output
     from hemoprofile.io.patches import open_patch_array
     from hemoprofile.io.tables import read_cells

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+
 def add_ingest_collection_parser(subparsers) -> None:
     """Add the ``ingest-collection`` subcommand to the ``hemoprofile`` command line (an argparse
     subparsers object; :mod:`hemoprofile.cli.main` lists this function in its ``SUBCOMMANDS``)."""
@@ -28,7 +29,7 @@ def add_ingest_collection_parser(subparsers) -> None:
 
 def run_ingest_collection(args) -> int:
     """Run ``ingest-collection`` from parsed arguments; print a summary line; return the exit status 0."""
-    from hemoprofile.collection import ingest_collection
+    from hemoprofile.ingest.collection import ingest_collection
 
     out_dir = Path(args.out_dir)
     summary = ingest_collection(

@@ -57,10 +57,10 @@ def segment_folder(
     Parameters
     ----------
     input_dir, output_dir : folders (the output is created).
-    segment_cfg : a ``segment`` config section (see :func:`hemoprofile.segment.segment_settings`).
+    segment_cfg : a ``segment`` config section (see :func:`hemoprofile.segment.settings.segment_settings`).
     channels : 0-based channel indices as strings, nucleus first then cytoplasm markers; None: the mean
         of all colour channels as a nuclear stain, no cytoplasm.
-    auto_diameter : estimate the object diameter of each image (:func:`hemoprofile.segment.estimate_diameter`).
+    auto_diameter : estimate the object diameter of each image (:func:`hemoprofile.segment.diameter.estimate_diameter`).
     progress : called with one line per image.
 
     Returns
@@ -69,8 +69,10 @@ def segment_folder(
     """
     import tifffile
 
-    from hemoprofile.segment import build_segmenter, estimate_diameter, segment_image, segment_settings
-    from hemoprofile.stitch import segment_tiled
+    from hemoprofile.segment.diameter import estimate_diameter
+    from hemoprofile.segment.segmenter import build_segmenter, segment_image
+    from hemoprofile.segment.settings import segment_settings
+    from hemoprofile.segment.tiled import segment_tiled
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
@@ -138,8 +140,9 @@ def add_segment_parser(subparsers) -> None:
     parser.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR")
     parser.add_argument("--backend", choices=("classical", "cellpose"), default="classical",
                         help="segmentation backend (default: classical)")
-    parser.add_argument("--model", help="cellpose: model file (with its .json sidecar) or built-in name "
-                                        "(cyto3, nuclei, cyto2: downloaded on first use)")
+    parser.add_argument("--model", help="cellpose: model file (with its .json sidecar; a relative path is "
+                                        "relative to the current directory) or built-in name (cyto3, nuclei, "
+                                        "cyto2: downloaded on first use)")
     parser.add_argument("--diameter", type=_diameter, default=0.0,
                         help="object diameter in pixels; 0 or auto (default) estimates it per image")
     parser.add_argument("--channels", nargs="+", metavar="CH",

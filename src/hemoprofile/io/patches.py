@@ -37,7 +37,7 @@ def to_patch_dtype(unit: np.ndarray, dtype: str) -> np.ndarray:
 class PatchWriter:
     """Append patches to an (N, C, P, P) zarr v3 array in whole chunks; memory: one chunk of patches.
 
-    Used by :func:`extract_slide` and :func:`hemoprofile.collection.ingest_collection`; close it (or use it
+    Used by :func:`extract_slide` and :func:`hemoprofile.ingest.collection.ingest_collection`; close it (or use it
     as a context manager) to write the last partial chunk and the final size.
     """
 

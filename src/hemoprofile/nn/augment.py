@@ -9,7 +9,7 @@ more than the network on a CPU.
 Why these: cells have no preferred orientation (8 dihedral transforms are exact symmetries), stain
 intensity and focus vary between slides and scanners (gain/offset/gamma and blur jitter), and a panel
 may lack a channel at test time that the training slides had (channel dropout zeroes channels, which is
-also how :func:`hemoprofile.classify.predict_patches` presents a missing channel to the model).
+also how a classifier is shown a channel absent at inference).
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from hemoprofile.nn.settings import settings_from_mapping
 
 
 def _rand(gen: torch.Generator | None, *shape, device=None) -> torch.Tensor:
@@ -164,15 +167,21 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> "AugmentConfig":
         """Build from a config mapping; unknown keys raise ``ValueError`` naming them."""
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown augmentation key(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return settings_from_mapping(cls, d, "augmentation")
 
 
-def to_unit_float(x: torch.Tensor) -> torch.Tensor:
-    """Stored patches as float32 in [0, 1]: uint8 / 255, 16-bit / 65535, floats as they are."""
+def to_unit_float(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Stored patches (a tensor, or a numpy array as read from patches.zarr) as float32 in [0, 1]:
+    uint8 / 255, 16-bit / 65535, floats as they are.
+
+    Example
+    -------
+    >>> to_unit_float(np.array([0, 255], np.uint8)).tolist(), to_unit_float(np.array([65535], np.uint16)).tolist()
+    ([0.0, 1.0], [1.0])
+    """
+    if isinstance(x, np.ndarray) and x.dtype == np.uint16:
+        x = x.astype(np.int32)  # torch has limited uint16 support
+    x = torch.as_tensor(x)
     if x.dtype == torch.uint8:
         return x.float().div_(255.0)
     if x.dtype in (torch.int16, torch.uint16, torch.int32):
