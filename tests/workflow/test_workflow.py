@@ -1,7 +1,6 @@
 """The workflow end to end on a tiny synthetic cohort: lint, dry run, outputs, config errors, reruns."""
 
 import json
-import os
 import re
 import subprocess
 import sys
