@@ -245,3 +245,14 @@ def all_outputs():
         outputs.append(f"{SYNTHETIC_DIR}/truth_cells.parquet")
     outputs += [f"{COHORT}/patients.parquet", f"{COHORT}/patient_predictions.parquet", f"{COHORT}/report.html"]
     return outputs
+
+
+def segmenter_dsb_index(wildcards):
+    """The DSB 2018 index the segmenter trains on (train_segmenter.dsb_dir); an error when none is named."""
+    dsb_dir = config["train_segmenter"].get("dsb_dir")
+    if not dsb_dir:
+        raise WorkflowError(
+            "train_segmenter.dsb_dir is not set: name the DSB 2018 fluorescence folder (images/<id>.png, "
+            "masks/<id>.png, index.csv) in the config to train the segmentation model"
+        )
+    return f"{dsb_dir}/index.csv"

@@ -17,16 +17,6 @@ SEGMENTER_COHORT = (
 )
 
 
-def segmenter_dsb_index(wildcards):
-    dsb_dir = config["train_segmenter"].get("dsb_dir")
-    if not dsb_dir:
-        raise WorkflowError(
-            "train_segmenter.dsb_dir is not set: name the DSB 2018 fluorescence folder (images/<id>.png, "
-            "masks/<id>.png, index.csv) in the config to train the segmentation model"
-        )
-    return f"{dsb_dir}/index.csv"
-
-
 # The synthetic training slides: the simulate stage's cohort with the training seed (never the demo's).
 rule simulate_segmenter_training:
     output:
@@ -63,7 +53,6 @@ rule train_segmenter:
     params:
         train=config["train_segmenter"],
         segment=config["segment"],
-        cohort=SEGMENTER_COHORT,
         version={"stage": "train_segmenter", "version": SEGMENTER_TRAINING_VERSION, "package": hemoprofile.__version__},
     log:
         f"{RESULTS}/logs/train_segmenter.log",

@@ -15,6 +15,6 @@ train_from_config(
     metrics_path=snakemake.output.metrics,
     split_path=snakemake.output.split,
     work_dir=snakemake.output.work,
-    cohort_path=snakemake.params.cohort,
+    cohort_path=snakemake.input.cohort[0] if snakemake.input.cohort else None,
     segment_cfg=snakemake.params.segment,
 )
