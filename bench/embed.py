@@ -22,10 +22,19 @@ PBC (``/work/shared/data/pbc``, 8 classes, one collection = one batch): ingests 
 :func:`hemoprofile.ingest.collection.ingest_collection` and prints the same clustering metrics and agreement
 with the 8 labels for the VAE and the raw-pixel baseline (a cVAE has nothing to condition on there).
 
+Orientation (``--orientation``, issue 21): instead of the VAE/cVAE comparison, trains a plain VAE with
+``embed.orientation`` none and major_axis side by side (same epochs, same seeds, ``--seeds``) on the
+cohort (``--results``; its cells.parquet need ``orientation_deg``, written by extract version 2) and on
+the PBC crops (angles from the patches), printing silhouette, ARI, NMI, clustering accuracy, kNN label
+accuracy (5-fold, latent means) and the validation reconstruction error, plus the cost of the load-time
+rotation against reading the patches (cells/s).
+
 Usage::
 
     nice .venv/bin/python bench/embed.py [--workdir /tmp/hemoprofile-bench-embed] [--results RESULTS]
         [--batch-effect 0.5] [--patients 2] [--epochs 15] [--betas 1 4] [--pbc /work/shared/data/pbc] [--skip-pbc]
+    nice .venv/bin/python bench/embed.py --orientation --results RESULTS [--seeds 0 1] [--epochs 8]
+        [--cells-per-slide 200] [--pbc-epochs 8]
 """
 
 from __future__ import annotations
@@ -188,6 +197,96 @@ def remaining_batch_effect(items, truth_cells) -> None:
     print("  patches  " + "  ".join(f"{v:6.3f}" for v in cv(pre_a)))
 
 
+def knn_label_accuracy(z: np.ndarray, labels, k: int = 15, max_cells: int = 5000, seed: int = 0) -> float:
+    """5-fold cross-validated accuracy of a k-nearest-neighbour classifier of the labels on the latents."""
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    if labels is None:
+        return float("nan")
+    keep = np.flatnonzero(np.array([v is not None for v in labels]))
+    if len(keep) > max_cells:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, max_cells, replace=False))
+    y = np.asarray(labels, object)[keep].astype(str)
+    return float(cross_val_score(KNeighborsClassifier(k), z[keep], y, cv=5).mean())
+
+
+def rotation_cost(items, repeats: int = 3) -> dict:
+    """Cells/s of reading every patch (zarr, decompressed) and of orienting them (angles from the table
+    when it has them, else from the patches), best of ``repeats``."""
+    from hemoprofile.embed.orientation import orient_patches
+    from hemoprofile.embed.sample import read_angles
+    from hemoprofile.io.patches import open_patch_array, read_patch_rows
+
+    read_s, orient_s, orient_patch_s, n = [], [], [], 0
+    for _ in range(repeats):
+        tr = to = tp = 0.0
+        n = 0
+        for item in items:
+            t = time.perf_counter()
+            array, names, _ = open_patch_array(item.patches)
+            patches = read_patch_rows(array)
+            tr += time.perf_counter() - t
+            angles = read_angles(item.cells)
+            t = time.perf_counter()
+            orient_patches(patches, names, angles)
+            to += time.perf_counter() - t
+            t = time.perf_counter()
+            orient_patches(patches, names, None)
+            tp += time.perf_counter() - t
+            n += len(patches)
+        read_s.append(tr), orient_s.append(to), orient_patch_s.append(tp)
+    out = {"cells": n, "read_cells_per_s": n / min(read_s), "orient_cells_per_s": n / min(orient_s),
+           "orient_from_patch_cells_per_s": n / min(orient_patch_s)}
+    print(f"  load-time rotation, {n} cells, best of {repeats}: read {out['read_cells_per_s']:.0f} cells/s, orient "
+          f"(table angles) {out['orient_cells_per_s']:.0f} cells/s, orient (angles from the patch) "
+          f"{out['orient_from_patch_cells_per_s']:.0f} cells/s", flush=True)
+    return out
+
+
+def orientation_arms(name: str, items, cfg: dict, work: Path, seeds, orientations, truth_cells) -> dict:
+    """Train, embed and score a plain VAE per orientation and seed; print one row per run and the means."""
+    from hemoprofile.embed.sample import cohort_labels
+
+    rows = {}
+    for orientation in orientations:
+        for seed in seeds:
+            t = time.perf_counter()
+            run_cfg = {**cfg, "condition_on": "none", "orientation": orientation}
+            out = work / f"{orientation}_s{seed}"
+            out.mkdir(parents=True, exist_ok=True)
+            trained = train_embedder(items, out / "embedder.pt", out / "embedder.metrics.json", run_cfg, seed=seed,
+                                     truth_cells=truth_cells, threads=1, progress=None)
+            model = load_embedder(out / "embedder.pt")
+            paths = []
+            for item in items:
+                paths.append(str(out / f"{item.slide}.embedding.parquet"))
+                embed_slide(model, item.patches, item.cells, paths[-1], device="cpu", threads=1, progress=None)
+            frame = read_embeddings(paths)
+            m = evaluate_embeddings(frame, items, "none", truth_cells,
+                                    sample_size=int(cfg["metrics"]["sample_size"]), seed=seed)
+            labels = cohort_labels(frame, items, truth_cells)
+            z = frame[[c for c in frame.columns if c.startswith("z_")]].to_numpy()
+            last = trained["history"][-1]
+            lab = m.get("label", {})
+            rows[(orientation, seed)] = {
+                "silhouette": m["silhouette"], "ari": lab.get("ari", np.nan), "nmi": lab.get("nmi", np.nan),
+                "accuracy": lab.get("accuracy", np.nan), "knn_acc": knn_label_accuracy(z, labels, seed=seed),
+                "val_recon": last.get("val_recon", np.nan), "k": m["n_clusters"],
+                "train_s": trained["train_seconds"], "total_s": time.perf_counter() - t}
+            r = rows[(orientation, seed)]
+            print(f"  [{name}] {orientation:>10} seed {seed}: k={r['k']} sil {r['silhouette']:.3f} ARI {r['ari']:.3f} "
+                  f"NMI {r['nmi']:.3f} acc {r['accuracy']:.3f} kNN-acc {r['knn_acc']:.3f} val recon "
+                  f"{r['val_recon']:.2f}; train {r['train_s']:.0f} s, total {r['total_s']:.0f} s", flush=True)
+    keys = ("silhouette", "ari", "nmi", "accuracy", "knn_acc", "val_recon")
+    print(f"\n  [{name}] mean over seeds {list(seeds)} (val recon: per-cell BCE of held-out patches, as the model saw them)")
+    print("  " + f"{'orientation':>12} " + " ".join(f"{k:>10}" for k in keys))
+    for orientation in orientations:
+        vals = [np.mean([rows[(orientation, s)][k] for s in seeds]) for k in keys]
+        print("  " + f"{orientation:>12} " + " ".join(f"{v:10.3f}" for v in vals))
+    return rows
+
+
 def summary_table(rows: dict) -> None:
     print("\nsummary (latent-space metrics over all embedded cells; arrows: which way is better)")
     head = ("model", "k", "sil↑", "DB↓", "ARI↑", "NMI↑", "purity↑", "sil(type)↑", "sil(batch)↓", "kNN-ent↑",
@@ -217,6 +316,10 @@ def main(argv=None) -> int:
     p.add_argument("--pbc-epochs", type=int, default=12)
     p.add_argument("--skip-pbc", action="store_true")
     p.add_argument("--skip-synthetic", action="store_true")
+    p.add_argument("--orientation", action="store_true",
+                   help="compare embed.orientation none vs major_axis (plain VAE) instead of VAE vs cVAE")
+    p.add_argument("--orientations", nargs="+", default=["none", "major_axis"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -225,6 +328,8 @@ def main(argv=None) -> int:
             "cluster": {"method": "gmm", "k": 0, "k_min": 3, "k_max": 10, "n_init": 1},
             "metrics": {"sample_size": 4000, "knn": 15}}
 
+    if args.orientation:
+        return orientation_main(args, base, started)
     if not args.skip_synthetic:
         if args.results:
             results = args.results
@@ -268,6 +373,37 @@ def main(argv=None) -> int:
             rows = {"pixels+PCA": run_pixel_baseline("PBC baseline: raw pixels, PCA to 16-D", item, cfg, args.seed, None),
                     "VAE": run_model("PBC VAE", item, cfg, args.workdir / "pbc_vae", args.seed, None)}
             summary_table(rows)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def orientation_main(args, base: dict, started: float) -> int:
+    """The ``--orientation`` mode (module docstring)."""
+    if not args.skip_synthetic:
+        results = args.results
+        plan = pd.read_csv(results / "synthetic" / "samples.tsv", sep="\t")
+        items = cohort_items(results, plan)
+        truth = results / "synthetic" / "truth_cells.parquet"
+        n = sum(len(pd.read_parquet(i.cells, columns=["cell_id"])) for i in items)
+        print(f"cohort {results}: {len(items)} slides, {n} cells; training sample <= {args.cells_per_slide} per slide, "
+              f"{args.epochs} epochs, seeds {args.seeds}; GMM k by BIC in 3..10", flush=True)
+        rotation_cost(items)
+        orientation_arms("cohort", items, base, args.workdir / "orient_cohort", args.seeds, args.orientations, truth)
+    if not args.skip_pbc:
+        from hemoprofile.ingest.collection import ingest_collection
+
+        out = args.workdir / f"pbc_{args.pbc_patch_size}"
+        if not (out / "cells.parquet").exists():
+            t = time.perf_counter()
+            ingest_collection(args.pbc, out / "cells.parquet", out / "patches.zarr", args.pbc_patch_size, progress=None)
+            print(f"\ningested {args.pbc} at {args.pbc_patch_size} px in {time.perf_counter() - t:.0f} s")
+        item = [EmbedSlide("pbc", str(out / "cells.parquet"), str(out / "patches.zarr"))]
+        n = len(pd.read_parquet(item[0].cells, columns=["cell_id"]))
+        print(f"\nPBC: {n} crops, 8 labels, {args.pbc_patch_size} px RGB; angles from the patches (no table column); "
+              f"{args.pbc_epochs} epochs, seeds {args.seeds}", flush=True)
+        rotation_cost(item)
+        cfg = {**base, "cells_per_slide": n, "train": {**base["train"], "epochs": args.pbc_epochs}}
+        orientation_arms("PBC", item, cfg, args.workdir / "orient_pbc", args.seeds, args.orientations, None)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 

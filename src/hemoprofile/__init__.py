@@ -10,9 +10,9 @@ STAGE_VERSIONS = {
     "tile": 1,
     "preprocess": 2,
     "segment": 2,
-    "extract": 1,
+    "extract": 2,
     "classify": 1,
-    "embed": 1,
+    "embed": 2,
     "patients": 1,
-    "report": 1,
+    "report": 2,
 }

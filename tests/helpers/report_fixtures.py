@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 from hemoprofile import io
+from hemoprofile.embed.conditions import clusters_by_condition
+from hemoprofile.embed.sample import EmbedSlide
 from hemoprofile.features.extract import extract_slide
 from hemoprofile.report import ReportInputs
 
@@ -252,6 +254,9 @@ def make_report_inputs(root: str | Path, *, intensity_scale: dict[str, float] | 
         "batch": {"n_batches": 4, "silhouette_by_batch": -0.01, "knn_entropy": 0.8},
         "condition_on": "none", "model_id": "dddddddddddd"}))
     figures = {key: _small_png(emb / f"{key}.png", key) for key in ("map_cluster", "map_condition")}
+    items = [EmbedSlide(s, "", "", *sheet[s]) for s in slides]
+    clusters_by_condition([slides[s]["embedding"] for s in slides], items, emb / "clusters_by_condition.parquet",
+                          settings={"medoids": 3})
     patients = sorted({p for s, (p, _) in sheet.items()})
     conditions = {p: c for p, c in sheet.values()}
     patient_paths = patient_files(root / "cohort", patients, conditions)
@@ -270,4 +275,5 @@ def make_report_inputs(root: str | Path, *, intensity_scale: dict[str, float] | 
                   "finished": "2026-01-01T00:10:00+00:00"}
     return ReportInputs(config=config, samples=samples, slides=slides, classifier_metrics=classifier,
                         embedding_metrics=str(emb / "metrics.json"), embedding_figures=figures,
+                        clusters_by_condition=str(emb / "clusters_by_condition.parquet"),
                         benchmarks_dir=str(bench), provenance=provenance, **patient_paths)

@@ -209,6 +209,7 @@ def report_inputs(wildcards):
         "patient_columns": f"{COHORT}/patients_columns.tsv",
         "patient_predictions": f"{COHORT}/patient_predictions.parquet",
         "embedding_metrics": f"{EMBED_FIGURES}/metrics.json",
+        "clusters_by_condition": f"{EMBED_FIGURES}/clusters_by_condition.parquet",
         "embedding_figures": list(embedding_figure_outputs().values()),
         "classifier_metrics": [
             f"{RESULTS}/models/classifier_{task}.metrics.json" for task in CLASSIFY_TASKS if not CLASSIFY["models"].get(task)
@@ -240,7 +241,8 @@ def all_outputs():
         outputs += expand(f"{RESULTS}/{{slide}}/{name}", slide=SLIDES)
     outputs += classifier_outputs()
     outputs += expand(f"{RESULTS}/{{slide}}/embedding.parquet", slide=SLIDES)
-    outputs += [f"{RESULTS}/models/embedder.metrics.json", f"{EMBED_FIGURES}/metrics.json"]
+    outputs += [f"{RESULTS}/models/embedder.metrics.json", f"{EMBED_FIGURES}/metrics.json",
+                f"{EMBED_FIGURES}/clusters_by_condition.parquet"]
     if SYNTHETIC:
         outputs.append(f"{SYNTHETIC_DIR}/truth_cells.parquet")
     outputs += [f"{COHORT}/patients.parquet", f"{COHORT}/patient_predictions.parquet", f"{COHORT}/report.html"]

@@ -1,7 +1,8 @@
 # Unsupervised latent space (hemoprofile.embed): train_embedder trains a VAE or conditional VAE on a
 # per-slide sample of every slide's patches and fits the 2-D map (PCA) and the latent clusters on it, once, so
 # map coordinates and cluster ids agree across slides; embed writes results/<slide>/embedding.parquet;
-# embedding_figures draws the cohort's maps and reconstructions and scores the clustering.
+# embedding_figures draws the cohort's maps and reconstructions and scores the clustering;
+# clusters_by_condition tabulates the latent clusters by condition (cells, shares, tests, medoids).
 #
 # GPU rules: profiles map `train_embedder` and `embed` by name to GPU resources; with no GPU both run on
 # the CPU (embed.device auto), the same code path. The figures colour the map by predicted class when
@@ -15,7 +16,7 @@ rule train_embedder:
         metrics=report(f"{RESULTS}/models/embedder.metrics.json", category="Embedding"),
     params:
         # all but what only inference and figures use, so changing those retrains nothing
-        embed={k: v for k, v in EMBED.items() if k not in ("batch_size", "figures")},
+        embed={k: v for k, v in EMBED.items() if k not in ("batch_size", "figures", "conditions")},
         slides=SLIDES,
         sheet=lambda wildcards: {s: embed_sheet(s) for s in SLIDES},
         seed=config["seed"],
@@ -73,7 +74,7 @@ rule embedding_figures:
         },
         metrics=f"{EMBED_FIGURES}/metrics.json",
     params:
-        embed=EMBED,
+        embed={k: v for k, v in EMBED.items() if k != "conditions"},
         slides=SLIDES,
         sheet=lambda wildcards: {s: embed_sheet(s) for s in SLIDES},
         seed=config["seed"],
@@ -87,3 +88,24 @@ rule embedding_figures:
         "../../envs/gpu.yaml"
     script:
         "../scripts/embedding_figures.py"
+
+
+rule clusters_by_condition:
+    input:
+        embeddings=expand(f"{RESULTS}/{{slide}}/embedding.parquet", slide=SLIDES),
+    output:
+        table=f"{EMBED_FIGURES}/clusters_by_condition.parquet",
+    params:
+        settings=EMBED.get("conditions", {}),
+        slides=SLIDES,
+        sheet=lambda wildcards: {s: embed_sheet(s) for s in SLIDES},
+        version=EMBED_VERSION,
+    log:
+        f"{RESULTS}/logs/clusters_by_condition.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/clusters_by_condition.py"

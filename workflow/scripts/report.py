@@ -18,6 +18,7 @@ result = build_report(
         classifier_metrics=dict(zip(snakemake.params.tasks, inputs.classifier_metrics)),
         embedding_metrics=inputs.embedding_metrics,
         embedding_figures=dict(zip(snakemake.params.figure_keys, inputs.embedding_figures)),
+        clusters_by_condition=inputs.get("clusters_by_condition"),
         patients=inputs.patients,
         patient_columns=inputs.patient_columns,
         patient_metrics=inputs.get("patient_metrics"),

@@ -12,7 +12,9 @@ function named on each line):
   reference labels, the cVAE condition rows.
 - :mod:`~hemoprofile.embed.clustering`: the 2-D map (PCA) and the latent clusters (GMM or k-means,
   k by BIC), scikit-learn fits stored as plain arrays.
-- :mod:`~hemoprofile.embed.metrics`: silhouette, Davies-Bouldin, Calinski-Harabasz, ARI, NMI, purity,
+- :mod:`~hemoprofile.embed.conditions`: :func:`clusters_by_condition` (latent clusters by condition: shares,
+  log2 enrichment, Fisher / chi-square and patient-level tests, BH-adjusted; medoids).
+- :mod:`~hemoprofile.embed.metrics`: silhouette, Davies-Bouldin, Calinski-Harabasz, ARI, NMI, purity, clustering accuracy,
   batch mixing (kNN batch entropy); the metrics JSON.
 - :mod:`~hemoprofile.embed.model_files`: the embedder model file (save / load, :class:`Embedder`).
 - :mod:`~hemoprofile.embed.settings`: the ``embed`` config section (defaults read from the schema).

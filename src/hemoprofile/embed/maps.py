@@ -24,7 +24,8 @@ import pandas as pd  # noqa: E402
 
 from hemoprofile.embed.metrics import evaluate_embeddings, format_metrics, write_json  # noqa: E402
 from hemoprofile.embed.model_files import load_embedder  # noqa: E402
-from hemoprofile.embed.sample import cohort_labels  # noqa: E402
+from hemoprofile.embed.orientation import maybe_orient  # noqa: E402
+from hemoprofile.embed.sample import cohort_labels, read_angles  # noqa: E402
 from hemoprofile.embed.settings import resolve_embed  # noqa: E402
 from hemoprofile.embed.slide import read_embeddings  # noqa: E402
 from hemoprofile.embed.training import reconstruct  # noqa: E402
@@ -229,7 +230,10 @@ def cohort_figures(model_path: str | os.PathLike, embedding_paths: Sequence[str]
         for j in pick:
             item = by_slide[str(slides[j])]
             array, _, _ = open_patch_array(item.patches)
-            originals.append(np.asarray(array[int(frame["row"].iloc[j])]))
+            row = int(frame["row"].iloc[j])
+            angle = read_angles(item.cells, [row]) if emb.orientation != "none" else None
+            # the model's input: rotated like training and embedding did (embed.orientation)
+            originals.append(maybe_orient(np.asarray(array[row])[None], emb.orientation, emb.channels, angle)[0])
             cats.append(item.category(emb.condition_on))
             titles.append(f"{slides[j]}\ncell {int(frame['cell_id'].iloc[j])}")
         if originals:

@@ -2,7 +2,8 @@
 
 Silhouette, Davies-Bouldin and Calinski-Harabasz are computed on the latent vectors themselves (never on
 the 2-D map, which would flatter or hide structure); adjusted Rand index, normalised mutual information
-(arithmetic mean of the entropies) and purity of the latent clusters against labels where labels exist
+(arithmetic mean of the entropies), purity and clustering accuracy (the best one-to-one mapping of clusters
+to labels, by the Hungarian assignment) of the latent clusters against labels where labels exist
 (synthetic truth cell types matched by centroid to ``truth_labels.zarr``, or a collection's ``label``
 column); and batch mixing: the silhouette of the latent vectors by batch (near 0 or below = batches mixed,
 1 = each batch apart), the same within each cell type where labels exist, and the normalised entropy of
@@ -22,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import sklearn.metrics as skm
+from scipy.optimize import linear_sum_assignment
 from sklearn.metrics.cluster import contingency_matrix
 
 from hemoprofile.embed.sample import EmbedSlide, cohort_labels
@@ -103,6 +105,28 @@ def purity(truth, pred) -> float:
     return float(table.max(0).sum() / max(table.sum(), 1))
 
 
+def clustering_accuracy(truth, pred) -> float:
+    """Clustering accuracy: the share of cells matched under the best one-to-one mapping of clusters to
+    labels (Hungarian assignment, :func:`scipy.optimize.linear_sum_assignment`, on the contingency table).
+
+    Unlike purity, two clusters cannot both claim one label: with more clusters than labels the extra
+    clusters' cells count as wrong, with fewer the extra labels' cells do. 1 = the clustering is the labelling
+    up to renaming; NaN for no cells.
+
+    Example
+    -------
+    >>> clustering_accuracy(["a", "a", "b", "b", "b"], [0, 0, 0, 1, 1])
+    0.8
+    >>> clustering_accuracy(["a", "a", "a", "b"], [0, 1, 2, 2])  # purity would be 1.0
+    0.5
+    """
+    table = contingency_matrix(_groups(truth), _groups(pred))
+    if table.sum() == 0:
+        return float("nan")
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return float(table[rows, cols].sum() / table.sum())
+
+
 def knn_batch_entropy(z: np.ndarray, batches, k: int = 15, groups=None, sample_size: int = 5000, seed: int = 0,
                       block: int = 1024) -> float:
     """Batch mixing: the entropy of batch labels among each cell's ``k`` nearest neighbours (Euclidean,
@@ -162,7 +186,8 @@ def latent_metrics(z: np.ndarray, clusters, labels=None, batches=None, sample_si
     Returns
     -------
     dict with ``n_cells``, ``n_clusters``, ``silhouette``, ``davies_bouldin``, ``calinski_harabasz``, and when
-    labels exist ``label``: {``n_labelled``, ``ari``, ``nmi``, ``purity``, ``silhouette_by_label``}, and when
+    labels exist ``label``: {``n_labelled``, ``ari``, ``nmi``, ``purity``, ``accuracy`` (:func:`clustering_accuracy`),
+    ``silhouette_by_label``}, and when
     there are two or more batches ``batch``: {``n_batches``, ``silhouette_by_batch``, ``knn_entropy``, ``cluster_nmi``, and
     with labels ``silhouette_by_batch_within_label`` and ``knn_entropy_within_label``}.
     """
@@ -182,6 +207,7 @@ def latent_metrics(z: np.ndarray, clusters, labels=None, batches=None, sample_si
                             "ari": float(skm.adjusted_rand_score(t, c)),
                             "nmi": float(skm.normalized_mutual_info_score(t, c)),
                             "purity": purity(t, c),
+                            "accuracy": clustering_accuracy(t, c),
                             "silhouette_by_label": silhouette(z[labelled], t, sample_size, seed)}
         else:
             labelled = None
@@ -226,7 +252,7 @@ def format_metrics(m: Mapping) -> str:
     if "label" in m:
         lab = m["label"]
         lines.append(f"vs {lab['n_labels']} labels ({lab['n_labelled']} cells): ARI {lab['ari']:.3f}, NMI {lab['nmi']:.3f}, "
-                     f"purity {lab['purity']:.3f}, silhouette by label {lab['silhouette_by_label']:.3f}")
+                     f"purity {lab['purity']:.3f}, accuracy {lab.get('accuracy', float('nan')):.3f}, silhouette by label {lab['silhouette_by_label']:.3f}")
     if "batch" in m:
         b = m["batch"]
         text = (f"batch mixing ({b['n_batches']} batches): silhouette by batch {b['silhouette_by_batch']:.3f}, "

@@ -64,6 +64,7 @@ class Embedder:
     clustering: dict
     model_id: str
     path: str = ""
+    orientation: str = "none"  # embed.orientation it was trained with; embedding and figures apply the same
 
     def conditions_for(self, values: Sequence) -> np.ndarray | None:
         """One-hot cVAE rows for these category values (``None`` for a plain VAE)."""
@@ -109,4 +110,5 @@ def load_embedder(path: str | os.PathLike) -> Embedder:
     model.load_state_dict(ckpt["state_dict"])
     clustering = _numpy_tree(ckpt["clustering"])
     return Embedder(model.eval(), ckpt["condition_on"], list(ckpt["categories"]), list(ckpt["channels"]),
-                    int(ckpt["patch_size"]), _numpy_tree(ckpt["pca"]), clustering, model_id(path), str(path))
+                    int(ckpt["patch_size"]), _numpy_tree(ckpt["pca"]), clustering, model_id(path), str(path),
+                    str(ckpt.get("orientation", "none")))

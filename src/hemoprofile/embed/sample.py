@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from hemoprofile.embed.orientation import maybe_orient
 from hemoprofile.io.patches import (
     check_slide_patches,
     open_patch_array,
@@ -65,10 +66,28 @@ class EmbedSample:
     categories: np.ndarray = field(default_factory=lambda: np.zeros(0, object))  # cVAE condition per cell
 
 
-def _read_cells(item: EmbedSlide, with_position: bool) -> pd.DataFrame:
+def _read_cells(item: EmbedSlide, with_position: bool, with_angle: bool = False) -> pd.DataFrame:
     available = pq.read_schema(item.cells).names if os.path.exists(item.cells) else []
     wanted = ["slide", "cell_id"] + (["y", "x"] if with_position else []) + ["label"]
+    wanted += ["orientation_deg"] if with_angle else []
     return read_cells(item.cells, [c for c in wanted if c in available] or ["cell_id"])
+
+
+def table_angles(cells: pd.DataFrame) -> np.ndarray | None:
+    """The cells' ``orientation_deg`` (NaN where null), ``None`` when the table has no such column (a
+    collection ingested from crops: :func:`hemoprofile.embed.orientation.orient_patches` then computes
+    the angles from the patches)."""
+    if "orientation_deg" not in cells.columns:
+        return None
+    return pd.to_numeric(cells["orientation_deg"], errors="coerce").to_numpy(np.float64)
+
+
+def read_angles(cells_path: str | os.PathLike, rows: np.ndarray | None = None) -> np.ndarray | None:
+    """:func:`table_angles` of a cells.parquet (only ``rows`` when given)."""
+    if "orientation_deg" not in pq.read_schema(cells_path).names:
+        return None
+    angles = table_angles(read_cells(cells_path, ["orientation_deg"]))
+    return angles if rows is None else angles[np.asarray(rows, np.int64)]
 
 
 def slide_labels(item: EmbedSlide, cells: pd.DataFrame, truth_cells: pd.DataFrame | None) -> np.ndarray | None:
@@ -90,7 +109,7 @@ def truth_table(truth_cells) -> pd.DataFrame | None:
 
 def load_sample(items: Sequence[EmbedSlide], cells_per_slide: int, condition_on: str = "none", seed: int = 0,
                 truth_cells: str | os.PathLike | pd.DataFrame | None = None,
-                progress: Callable[[str], None] | None = None) -> EmbedSample:
+                progress: Callable[[str], None] | None = None, orientation: str = "none") -> EmbedSample:
     """Draw up to ``cells_per_slide`` cells of each slide (seeded per slide, rows ascending) into memory.
 
     Parameters
@@ -100,6 +119,8 @@ def load_sample(items: Sequence[EmbedSlide], cells_per_slide: int, condition_on:
     condition_on : which sample-sheet field becomes each cell's cVAE category.
     seed : base seed; slide i draws with ``default_rng([seed, i])`` so adding a slide changes no other draw.
     truth_cells : truth_cells.parquet (synthetic cohorts) for reference labels.
+    orientation : ``embed.orientation``; ``major_axis`` rotates the patches as they are read
+        (:func:`hemoprofile.embed.orientation.orient_patches`, angles from cells.parquet when it has them).
 
     Raises
     ------
@@ -112,7 +133,8 @@ def load_sample(items: Sequence[EmbedSlide], cells_per_slide: int, condition_on:
     any_labels = False
     for i, item in enumerate(items):
         array, names, attributes = open_patch_array(item.patches)
-        cells = _read_cells(item, with_position=bool(item.truth_labels and truth is not None))
+        cells = _read_cells(item, with_position=bool(item.truth_labels and truth is not None),
+                            with_angle=orientation != "none")
         channels, size = check_slide_patches(item, cells, array, attributes, names, channels, size)
         n = len(cells)
         rng = np.random.default_rng([int(seed), i])
@@ -122,7 +144,7 @@ def load_sample(items: Sequence[EmbedSlide], cells_per_slide: int, condition_on:
         any_labels |= labels is not None
         m = len(rows)
         parts.append({
-            "patches": read_patch_rows(array, rows),
+            "patches": maybe_orient(read_patch_rows(array, rows), orientation, names, table_angles(sub)),
             "slides": np.full(m, item.slide, object),
             "cell_ids": sub["cell_id"].to_numpy(np.int64),
             "batches": np.full(m, item.batch or item.slide, object),

@@ -51,6 +51,8 @@ def resolve_embed(cfg: Mapping | None) -> dict:
     out = _merge(embed_defaults(), cfg or {}, "embed")
     if out["condition_on"] not in CONDITION_CHOICES:
         raise ValueError(f"embed.condition_on must be one of {CONDITION_CHOICES}, got {out['condition_on']!r}")
+    if out["orientation"] not in ("none", "major_axis"):
+        raise ValueError(f"embed.orientation must be none or major_axis, got {out['orientation']!r}")
     if out["cluster"]["method"] not in LATENT_CLUSTER_METHODS:
         raise ValueError(f"embed.cluster.method must be one of {LATENT_CLUSTER_METHODS}, "
                          f"got {out['cluster']['method']!r}")

@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 from hemoprofile.embed.clustering import apply_pca, assign_latent_clusters
 from hemoprofile.embed.metrics import json_default
 from hemoprofile.embed.model_files import Embedder, load_embedder
+from hemoprofile.embed.orientation import maybe_orient
+from hemoprofile.embed.sample import read_angles
 from hemoprofile.embed.settings import STAGE_VERSION
 from hemoprofile.embed.training import encode
 from hemoprofile.io import atomic_output
@@ -52,7 +54,8 @@ def embed_slide(model_path: str | os.PathLike | Embedder, patches_path: str | os
     """The ``embed`` stage for one slide: latent means, map coordinates and latent clusters -> embedding.parquet.
 
     Streams ``batch_size`` patches at a time and writes one parquet row group per block, so memory is
-    bounded whatever the slide's size.
+    bounded whatever the slide's size. A model trained with ``embed.orientation: major_axis`` gets the
+    patches rotated the same way as they are read (cells.parquet ``orientation_deg``).
 
     Parameters
     ----------
@@ -99,13 +102,16 @@ def embed_slide(model_path: str | os.PathLike | Embedder, patches_path: str | os
                                   "category": category, "warning": warning, "map": "pca",
                                   "clustering": emb.clustering["method"], "k": int(emb.clustering["k"])})
     ids = cells["cell_id"].to_numpy(np.int64)
+    angles = read_angles(cells_path) if emb.orientation != "none" else None
     counts = np.zeros(int(emb.clustering["k"]), np.int64)
     block = max(1, int(batch_size)) * 4
     with atomic_output(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for s in range(0, len(ids), block):
             e = min(s + block, len(ids))
             conds = emb.conditions_for([category] * (e - s))
-            z = encode(emb.model, np.asarray(array[s:e]), conds, dev, batch_size)
+            block_patches = maybe_orient(np.asarray(array[s:e]), emb.orientation, emb.channels,
+                                         None if angles is None else angles[s:e])
+            z = encode(emb.model, block_patches, conds, dev, batch_size)
             xy = apply_pca(emb.pca, z)
             cl = assign_latent_clusters(emb.clustering, z)
             counts += np.bincount(cl, minlength=len(counts))

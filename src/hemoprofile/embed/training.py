@@ -225,14 +225,17 @@ def train_embedder(items: Sequence[EmbedSlide], out_model: str | os.PathLike, ou
     started = time.perf_counter()
     device = pick_device(cfg["device"], bool(cfg["mixed_precision"]), threads=threads, logger=log)
     say(f"device {device.description}")
-    sample = load_sample(items, int(cfg["cells_per_slide"]), cfg["condition_on"], seed, truth_cells, say)
+    sample = load_sample(items, int(cfg["cells_per_slide"]), cfg["condition_on"], seed, truth_cells, say,
+                         orientation=cfg["orientation"])
+    # fixed-orientation patches are canonical: flips and 90-degree turns would undo it
+    train_cfg = {**cfg["train"], "dihedral": bool(cfg["train"]["dihedral"]) and cfg["orientation"] == "none"}
     categories = sorted({str(c) for c in sample.categories}) if cfg["condition_on"] != "none" else []
     conds = condition_matrix(sample.categories, categories)
     spec = VAESpec(len(sample.channels), sample.patch_size, int(cfg["latent_dim"]), tuple(cfg["widths"]),
                    len(categories))
     say(f"training a {'c' if categories else ''}VAE on {len(sample.patches)} cells of {len(items)} slides"
         + (f", conditioned on {cfg['condition_on']} ({len(categories)} categories)" if categories else ""))
-    model, history = fit_vae(sample.patches, conds, spec, cfg["train"], float(cfg["beta"]), seed, device, say)
+    model, history = fit_vae(sample.patches, conds, spec, train_cfg, float(cfg["beta"]), seed, device, say)
     z = encode(model, sample.patches, conds, device, int(cfg["batch_size"]))
     pca = fit_pca(z, 2)
     clustering = fit_latent_clustering(z, cfg["cluster"], seed, say)
@@ -241,7 +244,8 @@ def train_embedder(items: Sequence[EmbedSlide], out_model: str | os.PathLike, ou
                              int(cfg["metrics"]["sample_size"]), int(cfg["metrics"]["knn"]), seed)
     say("training sample: " + format_metrics(metrics).replace("\n", "; "))
     mid = save_embedder(out_model, model, cfg["condition_on"], categories, sample.channels, sample.patch_size, pca,
-                        clustering, {"settings": {k: v for k, v in cfg.items() if k != "figures"}})
+                        clustering, {"settings": {k: v for k, v in cfg.items() if k != "figures"},
+                                     "orientation": cfg["orientation"]})
     result = {
         "model_id": mid, "stage": STAGE_VERSION, "settings": cfg, "seed": seed, "device": device.description,
         "n_cells": int(len(sample.patches)), "slides": [i.slide for i in items], "categories": categories,

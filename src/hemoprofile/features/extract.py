@@ -47,6 +47,11 @@ nucleus_area                int32        pixels of the cell above the slide's nu
                                          Otsu's over labelled pixels of up to ``threshold_sample_tiles``
                                          tiles, once per slide); null without that channel
 nucleus_ratio               float32      nucleus_area / area (nucleus-to-cell area ratio)
+orientation_deg             float32      major axis angle, degrees in (-90, 90], of the second moments of
+                                         the cell's nucleus pixels (those counted in nucleus_area; the
+                                         whole mask when it has fewer than 3 or no nucleus channel); image
+                                         axes: 0 = along x (columns), +45 = towards +x and +y (down-right
+                                         on screen); embed.orientation rotates patches by it
 mean_C, max_C               float32      mean and maximum RAW intensity (image.zarr units, e.g. ADU)
 integrated_C                float64      sum of RAW intensity over the cell
 texture_C                   float32      standard deviation of the 3x3 Laplacian of the preprocessed

@@ -1,5 +1,5 @@
-"""Per-cell measures of a label window (:func:`measure_cells`: position, box, shape, intensities,
-texture, nucleus) and the slide's nucleus threshold they use (:func:`nucleus_threshold`)."""
+"""Per-cell measures of a label window (:func:`measure_cells`: position, box, shape, orientation,
+intensities, texture, nucleus) and the slide's nucleus threshold they use (:func:`nucleus_threshold`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,36 @@ from hemoprofile.features.morphology import convex_areas, perimeters
 from hemoprofile.vocabulary import to_unit
 
 _PIXELS_PER_OTSU_TILE = 100_000  # labelled pixels kept per sampled tile for the nucleus threshold
+_MIN_NUCLEUS_PIXELS = 3  # fewer nucleus pixels: the orientation comes from the whole cell's mask
+
+
+def major_axis_angle(var_y, var_x, cov) -> np.ndarray:
+    """Angle in degrees, in (-90, 90], of the major axis of the ellipse with these second central moments.
+
+    Image axes: x = column (rightwards), y = row (downwards); the angle turns from +x towards +y, so
+    on screen (origin top left) a positive angle points down-right. A circle gives 0.
+
+    Example
+    -------
+    >>> major_axis_angle(1.0, 4.0, 0.0).item(), major_axis_angle(4.0, 1.0, 0.0).item()
+    (0.0, 90.0)
+    >>> round(major_axis_angle(2.0, 2.0, 1.0).item(), 6)
+    45.0
+    """
+    deg = np.degrees(0.5 * np.arctan2(2.0 * np.asarray(cov, np.float64),
+                                      np.asarray(var_x, np.float64) - np.asarray(var_y, np.float64)))
+    return np.where(deg <= -90.0, deg + 180.0, deg)
+
+
+def _second_moments(idx, ys, xs, n) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(count, var_y, var_x, cov) per group 0..n-1 of pixels (ys, xs) grouped by ``idx``."""
+    count = np.bincount(idx, minlength=n).astype(np.float64)
+    safe = np.maximum(count, 1)
+    cy = np.bincount(idx, weights=ys, minlength=n) / safe
+    cx = np.bincount(idx, weights=xs, minlength=n) / safe
+    dy, dx = ys - cy[idx], xs - cx[idx]
+    return (count, np.bincount(idx, weights=dy * dy, minlength=n) / safe,
+            np.bincount(idx, weights=dx * dx, minlength=n) / safe, np.bincount(idx, weights=dy * dx, minlength=n) / safe)
 
 
 def measure_cells(
@@ -48,7 +78,9 @@ def measure_cells(
     Returns
     -------
     dict of column name -> array, one entry per cell in ``cell_ids`` order (all cells.parquet columns
-    except slide, tile, cluster_id and the gate label).
+    except slide, tile, cluster_id and the gate label). ``orientation_deg`` is the major axis angle
+    (:func:`major_axis_angle`) of the cell's nucleus pixels (those above ``nucleus_threshold``) when it
+    has at least three, else of its whole mask.
 
     Example
     -------
@@ -112,14 +144,18 @@ def measure_cells(
         "eccentricity": eccentricity,
         "solidity": area / np.where(convex_area > 0, convex_area, np.nan),
     }
+    angle = major_axis_angle(var_y, var_x, cov)
     if nucleus_channel is not None and nucleus_threshold is not None and np.isfinite(nucleus_threshold):
         nucleus = preprocessed[nucleus_channel][sel] > nucleus_threshold
         nucleus_area = np.bincount(idx[nucleus], minlength=n)
         out["nucleus_area"] = nucleus_area
         out["nucleus_ratio"] = nucleus_area / safe_area
+        n_count, n_vy, n_vx, n_cov = _second_moments(idx[nucleus], ys[nucleus], xs[nucleus], n)
+        angle = np.where(n_count >= _MIN_NUCLEUS_PIXELS, major_axis_angle(n_vy, n_vx, n_cov), angle)
     else:
         out["nucleus_area"] = np.full(n, np.nan)
         out["nucleus_ratio"] = np.full(n, np.nan)
+    out["orientation_deg"] = angle
     for c, name in enumerate(channel_names):
         values = raw[c]
         total = np.bincount(idx, weights=values[sel].astype(np.float64), minlength=n)

@@ -18,7 +18,7 @@ def cells_schema(channel_names: Sequence[str], gate_column: str | None = None) -
         ("bbox_y0", pa.int32()), ("bbox_x0", pa.int32()), ("bbox_y1", pa.int32()), ("bbox_x1", pa.int32()),
         ("area", pa.int32()), ("area_um2", pa.float32()), ("perimeter", pa.float32()),
         ("eccentricity", pa.float32()), ("solidity", pa.float32()),
-        ("nucleus_area", pa.int32()), ("nucleus_ratio", pa.float32()),
+        ("nucleus_area", pa.int32()), ("nucleus_ratio", pa.float32()), ("orientation_deg", pa.float32()),
     ]
     for c in channel_names:
         fields += [(f"mean_{c}", pa.float32()), (f"max_{c}", pa.float32()), (f"integrated_{c}", pa.float64())]

@@ -3,26 +3,29 @@ open offline in any browser.
 
 Sections (:data:`SECTIONS`, in this order; each is a ``<section id="...">`` with an ``<h2>``):
 
-==============  =====================================================================================
-summary         run summary, notes (skipped slides, slides with no cells, missing inputs), provenance
-                (git commit, software versions, command line), wall time per stage summed from the
-                Snakemake benchmark TSVs, the configuration as YAML
-qc              per slide: a thumbnail (at most 256 px wide) and a full-resolution detail crop, false
-                colour (DAPI blue, CK red, VIM green, CD45 grey) with the segmentation outlines of
-                labels.zarr; cell counts; per channel the median of the cells' mean raw intensity, flagged
-                when more than 3 robust z from the cohort (:func:`~hemoprofile.report.qc.intensity_qc`)
-composition     predicted cell-type composition per patient (fractions of leukocytes, stacked bars) and
-                a table with counts and CTCs per 1000 leukocytes
-classifiers     per cell classifier task: held-out test accuracy, balanced accuracy, macro F1, per-class
-                precision/recall, confusion matrix (classifier metrics JSON)
-latent          the embedding's cohort figures (latent maps) and clustering metrics
-rare_events     a gallery of the top CTC candidates (by ``p_ctc_CTC``) and of CTC–leukocyte clusters,
-                image crops with score, slide and cell id
-patients        patient-level predictions with probabilities, cross-validated metrics per stage with
-                95% confidence intervals, per-model metrics, confusion matrices, out-of-fold predictions,
-                the patient table's key columns and its column glossary
-importances     top feature importances per stage of the patient model (bar charts and a table)
-==============  =====================================================================================
+=================  =====================================================================================
+summary            run summary, notes (skipped slides, slides with no cells, missing inputs), provenance
+                   (git commit, software versions, command line), wall time per stage summed from the
+                   Snakemake benchmark TSVs, the configuration as YAML
+qc                 per slide: a thumbnail (at most 256 px wide) and a full-resolution detail crop, false
+                   colour (DAPI blue, CK red, VIM green, CD45 grey) with the segmentation outlines of
+                   labels.zarr; cell counts; per channel the median of the cells' mean raw intensity, flagged
+                   when more than 3 robust z from the cohort (:func:`~hemoprofile.report.qc.intensity_qc`)
+composition        predicted cell-type composition per patient (fractions of leukocytes, stacked bars) and
+                   a table with counts and CTCs per 1000 leukocytes
+classifiers        per cell classifier task: held-out test accuracy, balanced accuracy, macro F1, per-class
+                   precision/recall, confusion matrix (classifier metrics JSON)
+latent             the embedding's cohort figures (latent maps) and clustering metrics
+latent_conditions  the latent clusters by condition: a heatmap of log2 enrichment per cluster and
+                   condition, the table (cells, normalised shares, Fisher / chi-square and patient
+                   tests, BH-adjusted; carrier patients) and a gallery of each cluster's medoids
+rare_events        a gallery of the top CTC candidates (by ``p_ctc_CTC``) and of CTC–leukocyte clusters,
+                   image crops with score, slide and cell id
+patients           patient-level predictions with probabilities, cross-validated metrics per stage with
+                   95% confidence intervals, per-model metrics, confusion matrices, out-of-fold predictions,
+                   the patient table's key columns and its column glossary
+importances        top feature importances per stage of the patient model (bar charts and a table)
+=================  =====================================================================================
 
 Self-contained rule: the file holds everything it shows. Styles are inline, figures are PNGs (rendered
 by matplotlib's Agg canvas, or read from the workflow's figure files) embedded as base64 ``data:`` URIs,

@@ -36,6 +36,7 @@ class ReportInputs:
     classifier_metrics : task -> classifier metrics JSON path.
     embedding_metrics : the embedding's cohort metrics JSON.
     embedding_figures : figure key (map_cluster, map_condition, ...) -> PNG path.
+    clusters_by_condition : the latent clusters by condition table (parquet, hemoprofile.embed.conditions).
     patients, patient_columns : patients.parquet and its column glossary (TSV: column, description).
     patient_metrics, patient_oof, patient_importances : the patient model's metrics JSON, out-of-fold
         predictions and feature importances (parquet, long format stage, feature, model, importance).
@@ -52,6 +53,7 @@ class ReportInputs:
     classifier_metrics: dict[str, str] = field(default_factory=dict)
     embedding_metrics: str | None = None
     embedding_figures: dict[str, str] = field(default_factory=dict)
+    clusters_by_condition: str | None = None
     patients: str | None = None
     patient_columns: str | None = None
     patient_metrics: str | None = None

@@ -103,3 +103,33 @@ def test_latent_metrics_keys():
     assert b["n_batches"] == 2 and b["cluster_nmi"] == pytest.approx(0.0, abs=1e-12)
     assert b["knn_entropy"] > 0.7 and abs(b["silhouette_by_batch_within_label"]) < 0.1
     assert "knn_entropy_within_label" in b
+
+
+def test_clustering_accuracy_is_one_for_a_relabelled_perfect_clustering():
+    from hemoprofile.embed.metrics import clustering_accuracy
+
+    truth = np.array(["T", "B", "NK", "mono"] * 25)
+    renamed = {"T": 7, "B": 0, "NK": 3, "mono": 11}
+    assert clustering_accuracy(truth, [renamed[t] for t in truth]) == 1.0
+    rng = np.random.default_rng(0)
+    assert clustering_accuracy(truth, rng.permutation([renamed[t] for t in truth])) < 0.5
+
+
+def test_clustering_accuracy_of_a_known_contingency_table():
+    from hemoprofile.embed.metrics import clustering_accuracy
+
+    # contingency (labels x clusters): a: [5, 1, 0], b: [4, 0, 0], c: [0, 3, 2]
+    # best one-to-one: a->0 (5), c->1 (3), b->2 (0): 8 of 15; purity would give (5 + 3 + 2) / 15
+    truth = ["a"] * 6 + ["b"] * 4 + ["c"] * 5
+    pred = [0] * 5 + [1] + [0] * 4 + [1] * 3 + [2] * 2
+    assert clustering_accuracy(truth, pred) == pytest.approx(8 / 15)
+    assert purity(truth, pred) == pytest.approx(10 / 15)
+
+
+def test_latent_metrics_and_their_text_carry_the_clustering_accuracy():
+    from hemoprofile.embed.metrics import format_metrics
+
+    z, labels = blobs(30, seed=4)
+    m = latent_metrics(z, labels, labels.astype(str))
+    assert m["label"]["accuracy"] == 1.0
+    assert "accuracy 1.000" in format_metrics(m)

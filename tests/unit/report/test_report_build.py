@@ -87,6 +87,7 @@ def test_every_section_is_present_in_order_with_its_content(full_report):
     assert "% granulocyte" in text["composition"] and "P3" in text["composition"]
     assert "immune5" in text["classifiers"] and "0.953" in text["classifiers"]
     assert "Clustering metrics" in text["latent"] and "0.210" in text["latent"]
+    assert "Medoids" in text["latent_conditions"] and "disease_a" in text["latent_conditions"]
     assert "p = 0.970" in text["rare_events"] and "CTC–leukocyte clusters" in text["rare_events"]
     assert "4 clusters of touching cells" in text["rare_events"]
     assert "0.800 [0.700, 0.900]" in text["patients"] and "predicted_state" in text["patients"]
@@ -122,6 +123,7 @@ DEGRADE = {
     "composition": ("no_predictions", "no slide has predictions.parquet"),
     "classifiers": (dict(classifier_metrics={}), "no classifier metrics given"),
     "latent": (dict(embedding_figures={}, embedding_metrics=None), "no embedding metrics given"),
+    "latent_conditions": (dict(clusters_by_condition=None), "no clusters-by-condition table given"),
     "rare_events": ("no_predictions", "the ctc classifier task was not run"),
     "patients": (dict(patients=None, patient_columns=None, patient_metrics=None, patient_oof=None,
                       patient_predictions=None), "none of the patient-level outputs exists"),

@@ -19,6 +19,8 @@ _EMBEDDING_METRIC_HELP = {
     "ari": "adjusted Rand index, clusters vs reference labels (1 = identical)",
     "nmi": "normalised mutual information, clusters vs reference labels",
     "purity": "share of cells whose cluster's majority label is their own",
+    "accuracy": "clustering accuracy: share of cells matched by the best one-to-one mapping of clusters to "
+                "labels (Hungarian assignment; 1 = the labels up to renaming)",
     "silhouette_by_label": "silhouette of the reference labels in the latent space",
     "silhouette_by_batch": "silhouette of batches (near 0 or below = batches mixed, good)",
     "knn_entropy": "normalised entropy of batches among each cell's neighbours (1 = fully mixed)",
