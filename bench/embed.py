@@ -119,9 +119,9 @@ def cohort_items(results: Path, plan: pd.DataFrame) -> list[EmbedSlide]:
     return items
 
 
-def run_model(name: str, items, cfg: dict, work: Path, seed: int, truth_cells) -> dict:
-    """Train, embed every slide, score every embedded cell; print and return the cohort metrics."""
-    t = time.perf_counter()
+def train_and_embed(items, cfg: dict, work: Path, seed: int, truth_cells):
+    """Train an embedder on ``items`` into ``work``, embed every slide with it; return (training record,
+    the cohort's embeddings)."""
     work.mkdir(parents=True, exist_ok=True)
     trained = train_embedder(items, work / "embedder.pt", work / "embedder.metrics.json", cfg, seed=seed,
                              truth_cells=truth_cells, threads=1, progress=None)
@@ -131,7 +131,13 @@ def run_model(name: str, items, cfg: dict, work: Path, seed: int, truth_cells) -
         paths.append(str(work / f"{item.slide}.embedding.parquet"))
         embed_slide(model, item.patches, item.cells, paths[-1], category=item.category(cfg.get("condition_on", "none")),
                     device="cpu", threads=1, progress=None)
-    frame = read_embeddings(paths)
+    return trained, read_embeddings(paths)
+
+
+def run_model(name: str, items, cfg: dict, work: Path, seed: int, truth_cells) -> dict:
+    """Train, embed every slide, score every embedded cell; print and return the cohort metrics."""
+    t = time.perf_counter()
+    trained, frame = train_and_embed(items, cfg, work, seed, truth_cells)
     m = evaluate_embeddings(frame, items, cfg.get("condition_on", "none"), truth_cells,
                             sample_size=int(cfg.get("metrics", {}).get("sample_size", 4000)), seed=seed)
     last = trained["history"][-1]
@@ -253,16 +259,7 @@ def orientation_arms(name: str, items, cfg: dict, work: Path, seeds, orientation
         for seed in seeds:
             t = time.perf_counter()
             run_cfg = {**cfg, "condition_on": "none", "orientation": orientation}
-            out = work / f"{orientation}_s{seed}"
-            out.mkdir(parents=True, exist_ok=True)
-            trained = train_embedder(items, out / "embedder.pt", out / "embedder.metrics.json", run_cfg, seed=seed,
-                                     truth_cells=truth_cells, threads=1, progress=None)
-            model = load_embedder(out / "embedder.pt")
-            paths = []
-            for item in items:
-                paths.append(str(out / f"{item.slide}.embedding.parquet"))
-                embed_slide(model, item.patches, item.cells, paths[-1], device="cpu", threads=1, progress=None)
-            frame = read_embeddings(paths)
+            trained, frame = train_and_embed(items, run_cfg, work / f"{orientation}_s{seed}", seed, truth_cells)
             m = evaluate_embeddings(frame, items, "none", truth_cells,
                                     sample_size=int(cfg["metrics"]["sample_size"]), seed=seed)
             labels = cohort_labels(frame, items, truth_cells)
