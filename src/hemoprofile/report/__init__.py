@@ -55,7 +55,7 @@ stage (it reads their files) and no torch.
 Example
 -------
 >>> [section_id for section_id, _ in SECTIONS]
-['summary', 'qc', 'composition', 'classifiers', 'latent', 'rare_events', 'patients', 'importances']
+['summary', 'qc', 'composition', 'classifiers', 'latent', 'latent_conditions', 'rare_events', 'patients', 'importances']
 """
 
 from hemoprofile.report.build import SECTIONS, build_report
