@@ -58,11 +58,12 @@ from hemoprofile.simulate.slide import (
     TRUTH_COLUMNS,
     TRUTH_SCHEMA,
     read_synthetic_frame,
+    simulate_cohort,
     simulate_slide,
     write_cohort_truth,
 )
 
 __all__ = [
     "CHANNELS", "TRUTH_COLUMNS", "TRUTH_SCHEMA", "UNKNOWN_CONDITION", "patient_composition", "plan_cohort",
-    "read_synthetic_frame", "render_frame_overlay", "simulate_slide", "write_cohort_truth",
+    "read_synthetic_frame", "render_frame_overlay", "simulate_cohort", "simulate_slide", "write_cohort_truth",
 ]

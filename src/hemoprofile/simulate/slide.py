@@ -210,6 +210,25 @@ def simulate_slide(
     return summary
 
 
+def simulate_cohort(synth_cfg: Mapping, out_dir: str | os.PathLike, sheet_path: str | os.PathLike,
+                    progress=None) -> pd.DataFrame:
+    """Simulate every slide of a cohort plan into ``out_dir`` and write the plan as a tab-separated sheet.
+
+    For cohorts outside the workflow's per-slide jobs (the segmentation model's training cohort); the
+    sheet is written atomically, last, so it exists only when every slide does. Returns the plan.
+    """
+    plan = plan_cohort(synth_cfg, out_dir)
+    for _, sample in plan.iterrows():
+        summary = simulate_slide(synth_cfg, sample.to_dict(), out_dir)
+        if progress:
+            progress(f"{sample['slide']}: {summary}")
+    with atomic_output(sheet_path) as tmp:
+        plan.to_csv(tmp, sep="\t", index=False)
+    if progress:
+        progress(f"wrote {len(plan)} slides and {sheet_path}")
+    return plan
+
+
 def _truth_table(rows: list[dict], slide: str, patient: str, condition: str) -> pa.Table:
     columns = {name: [row[name] for row in rows] for name in TRUTH_COLUMNS if name not in
                ("slide", "patient", "condition", "lineage")}

@@ -435,3 +435,16 @@ def test_condition_sets_its_ctc_cluster_rate_and_emt_fraction(tmp_path):
     assert (ctcs["loner"]["cluster_id"] < 0).all() and (ctcs["social"]["cluster_id"] >= 0).mean() > 0.5
     # EMT CTCs carry ~1600 VIM, the others ~150
     assert ctcs["loner"]["true_VIM"].median() < 400 < ctcs["social"]["true_VIM"].median()
+
+
+def test_simulate_cohort_writes_every_slide_then_the_sheet(tmp_path):
+    from hemoprofile.simulate import simulate_cohort
+
+    cfg = small_config(grid={"rows": 1, "cols": 1})
+    lines = []
+    plan = simulate_cohort(cfg, tmp_path / "slides", tmp_path / "cohort.tsv", progress=lines.append)
+    sheet = pd.read_csv(tmp_path / "cohort.tsv", sep="\t")
+    assert list(sheet["slide"]) == list(plan["slide"]) and len(plan) >= 2
+    for slide in plan["slide"]:
+        assert (tmp_path / "slides" / slide / "truth_cells.parquet").exists()
+    assert lines[-1].startswith(f"wrote {len(plan)} slides")
