@@ -148,7 +148,7 @@ def check_slide_patches(item, cells: pd.DataFrame, array, attributes, names, cha
 def open_patch_array(path: str | os.PathLike):
     """Open a patches.zarr (N, C, P, P) read-only; return ``(array, channel_names, attributes)``.
 
-    Accepts the array at the folder's root (as :mod:`hemoprofile.extract` writes it) or a group holding
+    Accepts the array at the folder's root (as :mod:`hemoprofile.features.extract` writes it) or a group holding
     one 4-D array; attributes are read from the array, else the group (``hemoprofile`` key or top level).
 
     Raises

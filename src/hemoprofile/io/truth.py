@@ -15,7 +15,7 @@ def match_truth(cell_y: np.ndarray, cell_x: np.ndarray, truth_labels_path: str |
 
     Reads ``truth_labels.zarr`` one chunk at a time (only chunks holding centroids), so memory stays at a
     chunk whatever the slide size. The centroid pixel is ``floor(y + 0.5), floor(x + 0.5)``, the
-    convention of :mod:`hemoprofile.extract`.
+    convention of :mod:`hemoprofile.features.extract`.
     """
     array = open_ome_zarr(truth_labels_path).array
     h, w = array.shape
