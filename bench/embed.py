@@ -353,18 +353,10 @@ def main(argv=None) -> int:
         summary_table(rows)
 
     if not args.skip_pbc:
-        from hemoprofile.ingest.collection import ingest_collection
-
         if not args.pbc.is_dir():
             print(f"\nPBC: {args.pbc} not found; skipped")
         else:
-            out = args.workdir / f"pbc_{args.pbc_patch_size}"
-            if not (out / "cells.parquet").exists():
-                t = time.perf_counter()
-                ingest_collection(args.pbc, out / "cells.parquet", out / "patches.zarr", args.pbc_patch_size, progress=None)
-                print(f"\ningested {args.pbc} at {args.pbc_patch_size} px in {time.perf_counter() - t:.0f} s")
-            item = [EmbedSlide("pbc", str(out / "cells.parquet"), str(out / "patches.zarr"))]
-            n = len(pd.read_parquet(item[0].cells, columns=["cell_id"]))
+            item, n = pbc_collection(args)
             print(f"\nPBC: {n} crops, 8 labels, {args.pbc_patch_size} px RGB; one collection = one batch (no cVAE)")
             cfg = {**base, "cells_per_slide": n, "train": {**base["train"], "epochs": args.pbc_epochs}}
             rows = {"pixels+PCA": run_pixel_baseline("PBC baseline: raw pixels, PCA to 16-D", item, cfg, args.seed, None),
@@ -372,6 +364,20 @@ def main(argv=None) -> int:
             summary_table(rows)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def pbc_collection(args) -> tuple[list, int]:
+    """The PBC crops ingested at ``--pbc-patch-size`` into the work folder (once; reused by later runs):
+    ``([its EmbedSlide], number of crops)``."""
+    from hemoprofile.ingest.collection import ingest_collection
+
+    out = args.workdir / f"pbc_{args.pbc_patch_size}"
+    if not (out / "cells.parquet").exists():
+        t = time.perf_counter()
+        ingest_collection(args.pbc, out / "cells.parquet", out / "patches.zarr", args.pbc_patch_size, progress=None)
+        print(f"\ningested {args.pbc} at {args.pbc_patch_size} px in {time.perf_counter() - t:.0f} s")
+    item = [EmbedSlide("pbc", str(out / "cells.parquet"), str(out / "patches.zarr"))]
+    return item, len(pd.read_parquet(item[0].cells, columns=["cell_id"]))
 
 
 def orientation_main(args, base: dict, started: float) -> int:
@@ -387,15 +393,7 @@ def orientation_main(args, base: dict, started: float) -> int:
         rotation_cost(items)
         orientation_arms("cohort", items, base, args.workdir / "orient_cohort", args.seeds, args.orientations, truth)
     if not args.skip_pbc:
-        from hemoprofile.ingest.collection import ingest_collection
-
-        out = args.workdir / f"pbc_{args.pbc_patch_size}"
-        if not (out / "cells.parquet").exists():
-            t = time.perf_counter()
-            ingest_collection(args.pbc, out / "cells.parquet", out / "patches.zarr", args.pbc_patch_size, progress=None)
-            print(f"\ningested {args.pbc} at {args.pbc_patch_size} px in {time.perf_counter() - t:.0f} s")
-        item = [EmbedSlide("pbc", str(out / "cells.parquet"), str(out / "patches.zarr"))]
-        n = len(pd.read_parquet(item[0].cells, columns=["cell_id"]))
+        item, n = pbc_collection(args)
         print(f"\nPBC: {n} crops, 8 labels, {args.pbc_patch_size} px RGB; angles from the patches (no table column); "
               f"{args.pbc_epochs} epochs, seeds {args.seeds}", flush=True)
         rotation_cost(item)
