@@ -18,6 +18,7 @@ from hemoprofile import __version__
 from hemoprofile.cli.classify import add_classify_parser, add_train_classifier_parser
 from hemoprofile.cli.collection import add_ingest_collection_parser
 from hemoprofile.cli.segment import add_segment_parser
+from hemoprofile.cli.serve import add_serve_parser
 
 #: Subcommand name -> function that adds its parser to the subparsers object.
 SUBCOMMANDS: dict[str, Callable] = {
@@ -25,6 +26,7 @@ SUBCOMMANDS: dict[str, Callable] = {
     "ingest-collection": add_ingest_collection_parser,
     "train-classifier": add_train_classifier_parser,
     "classify": add_classify_parser,
+    "serve": add_serve_parser,
 }
 
 
