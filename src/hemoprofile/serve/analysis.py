@@ -173,7 +173,7 @@ class Analyzer:
                     try:
                         crop = read_crop(path)
                     except ValueError as err:
-                        problem = str(err).replace(str(path), "").lstrip(": ") or "cannot read the image"
+                        problem = str(err).replace(str(path), name).removeprefix(f"{name}: ")
                     else:
                         if crop.shape[0] != n_channels:
                             problem = (f"{crop.shape[0]} channel(s); the classifier needs {n_channels} "
