@@ -167,25 +167,26 @@
     body.replaceChildren();
     const stages = (performance && performance.stages) || {};
     const d = (stages.disease || {}).metrics || {}, s = (stages.subtype || {}).metrics || {}, o = (stages.overall || {}).metrics || {};
-    function row(name, p, perf, cls) {
-      const tr = el("tr", cls ? { class: cls } : {});
-      tr.append(el("td", {}, name), el("td", { class: "num" }, pct(p)));
-      const barCell = el("td");
-      const bar = el("span", { class: "pbar" });
-      bar.style.width = Math.round(100 * p) + "px";  // CSSOM, which the page's CSP allows (style attributes it does not)
-      barCell.append(bar);
-      tr.append(barCell, el("td", { class: "muted" }, perf));
-      body.append(tr);
+    // one performance cell per group of rows (rowspan): the stage's cross-validated scores
+    function group(rows, perf) {
+      rows.forEach(([name, p, cls], i) => {
+        const tr = el("tr", cls ? { class: cls } : {});
+        tr.append(el("td", {}, name), el("td", { class: "num" }, pct(p)));
+        const barCell = el("td");
+        const bar = el("span", { class: "pbar" });
+        bar.style.width = Math.round(100 * p) + "px";  // CSSOM, which the page's CSP allows (style attributes it does not)
+        barCell.append(bar);
+        tr.append(barCell);
+        if (i === 0) tr.append(el("td", { class: "muted", rowspan: String(rows.length) }, perf));
+        body.append(tr);
+      });
     }
-    row("disease (any subtype) vs " + prediction.control_label, prediction.p_disease,
-      "disease vs control: balanced accuracy " + fmt(d.balanced_accuracy) + ", ROC AUC " + fmt(d.roc_auc), "p-disease");
-    for (const sub of prediction.subtypes) {
-      row(sub.subtype + " (given disease)", sub.p_given_disease,
-        "subtype: balanced accuracy " + fmt(s.balanced_accuracy) + ", macro F1 " + fmt(s.macro_f1));
-    }
-    for (const st of prediction.states) {
-      row("final state " + st.state, st.p, "end to end: accuracy " + fmt(o.accuracy) + ", balanced accuracy " + fmt(o.balanced_accuracy));
-    }
+    group([["disease (any subtype) vs " + prediction.control_label, prediction.p_disease, "p-disease"]],
+      "disease vs control: balanced accuracy " + fmt(d.balanced_accuracy) + ", ROC AUC " + fmt(d.roc_auc));
+    group(prediction.subtypes.map((sub) => [sub.subtype + " (given disease)", sub.p_given_disease]),
+      "subtype: balanced accuracy " + fmt(s.balanced_accuracy) + ", macro F1 " + fmt(s.macro_f1));
+    group(prediction.states.map((st) => ["final state " + st.state, st.p, st.state === prediction.predicted_state ? "chosen" : ""]),
+      "end to end: accuracy " + fmt(o.accuracy) + ", balanced accuracy " + fmt(o.balanced_accuracy));
     const cv = performance && performance.cv;
     $("cv-note").textContent = "Performance: out-of-fold estimates of the served patient model on its " +
       (performance.n_patients ?? "?") + " training patients" + (cv ? " (" + cv.folds + "-fold cross-validation, " +
