@@ -1,6 +1,8 @@
 """The package layout's rules, checked on the source: stage subpackages import only the shared layers
 (config, io, nn, vocabulary, runlog) and themselves, never another stage; no module grows past the
-size a reader can hold; parsing the command line and the Snakefile's imports stay free of torch."""
+size a reader can hold; parsing the command line and the Snakefile's imports stay free of torch.
+Application layers (cli, serve) sit above the stages: they may import any stage, and nothing below them
+imports them."""
 
 import ast
 import subprocess
@@ -12,6 +14,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[3] / "src" / "hemoprofile"
 STAGES = ("simulate", "ingest", "preprocess", "segment", "features", "classify", "embed", "patients", "report")
 SHARED = ("config", "io", "nn", "vocabulary", "runlog")
+#: Entry points over the stages (the command line, the upload-and-predict server): may import stages.
+APPLICATIONS = ("cli", "serve")
 MAX_LINES = 600
 
 
@@ -55,6 +59,14 @@ def test_shared_layers_import_no_stage(layer):
     assert not offending, "a shared layer imports a stage:\n" + "\n".join(offending)
 
 
+def test_no_stage_or_shared_layer_imports_an_application_layer():
+    paths = [PACKAGE / f"{name}.py" if (PACKAGE / f"{name}.py").exists() else PACKAGE / name for name in (*STAGES, *SHARED)]
+    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*.py")))]
+    offending = [f"{f.relative_to(PACKAGE)}:{line} imports {m}" for f in files
+                 for line, m in imported_hemoprofile_modules(f) if m.split(".")[1:2] and m.split(".")[1] in APPLICATIONS]
+    assert not offending, "a stage or shared layer imports an application layer:\n" + "\n".join(offending)
+
+
 def test_no_module_is_too_long():
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
@@ -65,6 +77,7 @@ def test_no_module_is_too_long():
     "from hemoprofile.cli import build_parser; build_parser()",
     "import hemoprofile.config, hemoprofile.vocabulary, hemoprofile.simulate",
     "import hemoprofile.segment, hemoprofile.segment.settings",
+    "import hemoprofile.serve, hemoprofile.serve.uploads",
 ])
 def test_parsers_and_snakefile_imports_do_not_load_torch(code):
     probe = f"import sys; {code}; print('torch' in sys.modules)"
