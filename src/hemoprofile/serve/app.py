@@ -6,7 +6,7 @@ API (every job route needs the job's id; an unknown id is a 404 whatever the rea
     GET    /api/info                  the served models, the cross-validated performance and the limits
     POST   /api/jobs                  a new job -> {"job": id}
     PUT    /api/jobs/{id}/files/{relative path}   one image, the raw bytes as the body (folder upload)
-    PUT    /api/jobs/{id}/zip         a zip of images, the raw bytes as the body
+    PUT    /api/jobs/{id}/zip         a zip of images, the raw bytes as the body (one per job)
     POST   /api/jobs/{id}/start       classify and predict (runs in the background)
     GET    /api/jobs/{id}             state, progress and, when done, the result
     GET    /api/jobs/{id}/cells.csv   one row per classified image (path, predicted type, probabilities)
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -61,8 +60,6 @@ def create_app(store: JobStore, info: dict | None = None, allowed_hosts: tuple[s
         interface, the command line passes :data:`LOOPBACK_HOSTS`, so a web page elsewhere cannot reach the
         server through DNS rebinding.
     """
-    counter = itertools.count()
-
     @asynccontextmanager
     async def lifespan(app):
         yield
@@ -138,15 +135,21 @@ def create_app(store: JobStore, info: dict | None = None, allowed_hosts: tuple[s
         limit = body_limit(request, path)
         target = upload_target(job.upload, path)
         job.budget.add_file(path)
-        await write_stream(request.stream(), target, limit, path, job.budget)
+        try:
+            await write_stream(request.stream(), target, limit, path, job.budget)
+        except BaseException:
+            job.budget.files -= 1
+            raise
         return {"files_received": job.budget.files, "bytes_received": job.budget.bytes}
 
     @app.put("/api/jobs/{job_id}/zip")
     async def put_zip(job_id: str, request: Request):
         job = job_or_404(job_id)
         receiving(job)
+        if job.zips:
+            raise UploadRejected("one zip per patient: this job already has one (start a new job for another patient)", 409)
         limit = body_limit(request, "zip")
-        target = job.folder / f"upload-{next(counter)}.zip"
+        target = job.folder / "upload.zip"
         await write_stream(request.stream(), target, limit, "zip")
         job.zips.append(target)
         return {"zips_received": len(job.zips)}

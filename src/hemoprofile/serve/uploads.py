@@ -129,18 +129,25 @@ async def write_stream(chunks: AsyncIterator[bytes], target: Path, max_bytes: in
 
     A stream over a limit leaves no file behind. Returns the bytes written.
     """
-    written = 0
+    written = charged = 0
     try:
-        with open(target, "xb") as out:
+        out = open(target, "xb")
+    except FileExistsError:
+        raise UploadRejected(f"{name!r}: a file of that name is already in the upload") from None
+    try:
+        with out:
             async for chunk in chunks:
                 written += len(chunk)
                 if written > max_bytes:
                     raise UploadRejected(f"{name}: over the upload limit of {mebibytes(max_bytes)}", 413)
                 if budget is not None:
                     budget.add_bytes(len(chunk), name)
+                    charged += len(chunk)
                 out.write(chunk)
     except BaseException:
         target.unlink(missing_ok=True)
+        if budget is not None:  # a refused or broken upload leaves nothing behind, on disk or in the budget
+            budget.bytes -= charged
         raise
     return written
 

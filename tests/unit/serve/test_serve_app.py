@@ -166,6 +166,45 @@ def test_upload_over_the_size_limit_gets_a_clear_message(analyzer, patient, tmp_
         assert r.status_code == 413 and not (store._jobs[job].upload / "stream.jpg").exists()
 
 
+def test_refused_uploads_are_not_counted_and_one_zip_per_job(analyzer, tmp_path):
+    store, client = make_client(analyzer, tmp_path, max_upload_bytes=3000, max_files=2)
+    with client:
+        job = client.post("/api/jobs").json()["job"]
+        for i in range(3):  # refused uploads do not use up the job's file count or bytes
+            assert client.put(f"/api/jobs/{job}/files/big{i}.jpg", content=b"x" * 4000).status_code == 413
+        assert store._jobs[job].budget.files == 0 and store._jobs[job].budget.bytes == 0
+        assert client.put(f"/api/jobs/{job}/files/a.jpg", content=b"x" * 100).status_code == 200
+        r = client.put(f"/api/jobs/{job}/files/a.jpg", content=b"y")
+        assert r.status_code == 400 and "already in the upload" in r.json()["error"]
+        assert client.put(f"/api/jobs/{job}/zip", content=b"PK").status_code == 200
+        r = client.put(f"/api/jobs/{job}/zip", content=b"PK")
+        assert r.status_code == 409 and "one zip per patient" in r.json()["error"]
+
+
+def test_image_modes_are_classified_or_listed_with_the_reason(analyzer, patient, tmp_path):
+    from PIL import Image
+
+    source = next(patient.glob("MO_*.jpg"))
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    with Image.open(source) as image:
+        image.convert("L").save(folder / "grey.png")
+        image.convert("RGBA").save(folder / "rgba.png")
+        image.convert("CMYK").save(folder / "cmyk.jpg")
+        image.convert("I;16").save(folder / "sixteen.png")
+        image.resize((2, 2)).save(folder / "tiny.png")
+    (folder / "truncated.jpg").write_bytes(source.read_bytes()[:200])
+    files = sorted(folder.iterdir())
+    cells = analyzer.classify(folder, files)
+    assert sorted(cells.paths) == ["cmyk.jpg", "rgba.png"]  # alpha dropped, CMYK converted to RGB
+    assert list(cells.predicted) == ["monocyte", "monocyte"]
+    problems = {b["path"]: b["problem"] for b in cells.bad_files}
+    assert problems["grey.png"] == "1 channel(s); the classifier needs 3 (R, G, B)"
+    assert problems["sixteen.png"] == "1 channel(s); the classifier needs 3 (R, G, B)"
+    assert problems["tiny.png"] == "too small (2 x 2 px)"
+    assert problems["truncated.jpg"].startswith("cannot read image")
+
+
 def test_too_many_files_and_total_size_are_bounded(analyzer, tmp_path):
     _, client = make_client(analyzer, tmp_path, max_files=2, max_unpacked_bytes=2500)
     with client:

@@ -93,6 +93,7 @@
     const images = files.filter((f) => !/\.zip$/i.test(f.name));
     const limits = info.limits;
     const total = files.reduce((s, f) => s + f.size, 0);
+    if (zips.length > 1) { showError("One zip per patient: " + zips.length + " zips were chosen."); return; }
     const tooBig = files.find((f) => f.size > limits.max_upload_bytes);
     if (tooBig) { showError(relativeName(tooBig) + " is " + mib(tooBig.size) + ", over the upload limit of " + mib(limits.max_upload_bytes) + "."); return; }
     if (images.length > limits.max_files) { showError(images.length + " files: over the limit of " + limits.max_files + " files per patient."); return; }
