@@ -44,7 +44,8 @@ class Chromium:
             os.dup2(to_browser_r, 3)
             os.dup2(from_browser_w, 4)
 
-        self.process = subprocess.Popen([browser, *flags, "about:blank"], preexec_fn=onto_3_and_4, close_fds=False,
+        self.process = subprocess.Popen([browser, *flags, "about:blank"], preexec_fn=onto_3_and_4,  # noqa: PLW1509 (dup2 only)
+                                        close_fds=False,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_browser_r)
         os.close(from_browser_w)

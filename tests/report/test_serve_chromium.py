@@ -69,29 +69,27 @@ def server(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
            "TMPDIR": str(root)}
-    log = open(root / "server.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "hemoprofile.cli", "serve", "--results", str(results),
-                                "--port", str(port), "--device", "cpu", "--threads", "1", "--gallery", "8"],
-                               stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/api/info", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.time() > deadline:
-            log.seek(0)
+    with open(root / "server.log", "w+") as log:
+        process = subprocess.Popen([sys.executable, "-m", "hemoprofile.cli", "serve", "--results", str(results),
+                                    "--port", str(port), "--device", "cpu", "--threads", "1", "--gallery", "8"],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/api/info", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.time() > deadline:
+                log.seek(0)
+                process.kill()
+                pytest.fail(f"hemoprofile serve did not start: {log.read()[-3000:]}")
+            time.sleep(0.3)
+        yield {"base": base, "process": process, "log": log, "root": root}
+        if process.poll() is None:
             process.kill()
-            pytest.fail(f"hemoprofile serve did not start: {log.read()[-3000:]}")
-        time.sleep(0.3)
-    info = {"base": base, "process": process, "log": log, "root": root}
-    yield info
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    log.close()
+            process.wait()
 
 
 @pytest.mark.slow

@@ -56,11 +56,14 @@ class ModelFiles:
         files = cls(classifier=Path(classifier) if classifier else bundled_classifier(),
                     patient_model=Path(patient_model) if patient_model else results / "models" / "patient_model.pkl",
                     metrics=Path(metrics) if metrics else results / "cohort" / "patient_model" / "metrics.json")
-        for what, path in (("cell classifier", files.classifier), ("patient model", files.patient_model),
-                           ("patient-model metrics", files.metrics)):
+        train = "train the cohort first (its workflow's train_patient_model rule) or name the file with"
+        for what, path, hint in (
+                ("cell classifier", files.classifier, ("name the cohort's classifier with --classifier (the bundled "
+                                                       "pbc8 model is in a source checkout's models/classifiers/)")),
+                ("patient model", files.patient_model, f"{train} --patient-model"),
+                ("patient-model metrics", files.metrics, f"{train} --metrics")):
             if not path.is_file():
-                raise FileNotFoundError(f"{what} not found: {path} (train the cohort first: snakemake ... "
-                                        "train_patient_model, or name the file with an option)")
+                raise FileNotFoundError(f"{what} not found: {path} ({hint})")
         return files
 
 

@@ -30,7 +30,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from hemoprofile.serve.jobs import DONE, RECEIVING, Job, JobStore
-from hemoprofile.serve.uploads import UploadRejected, mebibytes, upload_target, write_stream
+from hemoprofile.serve.uploads import (
+    UploadRejected,
+    mebibytes,
+    upload_target,
+    write_stream,
+)
 
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}

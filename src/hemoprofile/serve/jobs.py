@@ -21,7 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hemoprofile.serve.uploads import JobBudget, UploadLimits, UploadRejected, extract_zip, remove_tree
+from hemoprofile.serve.uploads import (
+    JobBudget,
+    UploadLimits,
+    UploadRejected,
+    extract_zip,
+    remove_tree,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +74,10 @@ class JobStore:
     root : parent of the job folders (default: a new temporary folder, removed by :meth:`close`).
     """
 
-    def __init__(self, analyzer, limits: UploadLimits = UploadLimits(), max_jobs: int = 16,
+    def __init__(self, analyzer, limits: UploadLimits | None = None, max_jobs: int = 16,
                  keep_seconds: float = 3600.0, root: Path | None = None):
         self.analyzer = analyzer
-        self.limits = limits
+        self.limits = limits or UploadLimits()
         self.max_jobs = int(max_jobs)
         self.keep_seconds = float(keep_seconds)
         self.root = Path(tempfile.mkdtemp(prefix="hemoprofile-serve-", dir=root))
