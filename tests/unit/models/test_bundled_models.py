@@ -60,6 +60,7 @@ def test_classify_cli_uses_the_bundled_model_from_another_directory(tmp_path, mo
     assert len((tmp_path / "pred.csv").read_text().splitlines()) == 1 + 16
 
 
+@pytest.mark.slow  # imports cellpose and runs the model (13-28 s on the shared 2-core machine)
 def test_segment_cli_cellpose_uses_the_bundled_model_from_another_directory(tmp_path, monkeypatch):
     image, truth = disc_cells(shape=(64, 64), n=5, ring=0.0, touching=0.0, radius=(5, 6), seed=3)
     (tmp_path / "in").mkdir()
@@ -85,3 +86,19 @@ def test_package_holds_no_stray_model_folder_at_the_repository_root():
     # in an installed package)
     assert [p.name for p in (REPO / "models").iterdir()] == ["README.md"]
     assert (PACKAGE_MODELS / "segmentation" / "hemoprofile_cellpose.pt").is_file()
+
+
+def test_segmented_slide_records_the_bundled_name_and_the_file_id(tmp_path):
+    from hemoprofile.io import create_ome_zarr_image, model_id, open_ome_zarr
+    from hemoprofile.segment.tiled import segment_slide
+
+    channels = ["DAPI", "CK", "VIM", "CD45"]
+    image, _ = disc_cells(shape=(64, 64), n=4, seed=5)
+    array = create_ome_zarr_image(tmp_path / "pre.zarr", (4, 64, 64), "uint16", 64, channels, pixel_size_um=0.65,
+                                  name="preprocessed")
+    array[:] = np.round(np.broadcast_to(image[:1], (4, 64, 64)) * 65535).astype(np.uint16)
+    segment_slide(tmp_path / "pre.zarr", tmp_path / "labels.zarr",
+                  {"backend": "cellpose", "device": "cpu", "diameter": 11}, progress=None)
+    meta = open_ome_zarr(tmp_path / "labels.zarr").attributes
+    assert meta["model"] == DEFAULT_SEGMENTATION_MODEL
+    assert meta["model_id"] == model_id(resolve_model(DEFAULT_SEGMENTATION_MODEL))
