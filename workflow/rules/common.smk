@@ -38,7 +38,7 @@ config["segment"]["model"] = checkout_path(config["segment"]["model"])
 
 
 def model_input(value, what):
-    """The file a model value names, as a rule input: a bundled model (`bundled:<name>`) -> its file in
+    """The file a model value names, for an input of a rule. A bundled model (`bundled:<name>`) -> its file in
     the installed package (hemoprofile.models), so replacing that file reruns the rules that use it; a
     path as it is (another rule may write it, e.g. train_segmenter). The parameters keep the value itself."""
     if not hemoprofile.models.is_bundled(value):
