@@ -48,6 +48,7 @@ def model_input(value, what):
     except FileNotFoundError as err:
         raise WorkflowError(f"configuration: {err}") from None
 
+
 RESULTS = config["results"]
 SYNTHETIC = config["synthetic"]["enabled"]
 SYNTHETIC_DIR = f"{RESULTS}/synthetic"
