@@ -308,7 +308,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--betas", type=float, nargs="+", default=[1.0], help="KL weights to run VAE and cVAE at")
     p.add_argument("--cells-per-slide", type=int, default=1000)
-    p.add_argument("--pbc", type=Path, default=Path("/work/shared/data/pbc"))
+    p.add_argument("--pbc", type=Path, default=Path(os.environ.get("HEMOPROFILE_PBC_DIR", "/work/shared/data/pbc")),
+                   help="the PBC collection folder (default: $HEMOPROFILE_PBC_DIR, else /work/shared/data/pbc)")
     p.add_argument("--pbc-patch-size", type=int, default=32)
     p.add_argument("--pbc-epochs", type=int, default=12)
     p.add_argument("--skip-pbc", action="store_true")

@@ -95,7 +95,8 @@ def throughput(model, x, device, batch_size: int, tta: int, input_size: int, rep
 def main(argv=None) -> int:
     """Run the benchmark (command-line arguments as in the module docstring); return the exit status."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=PBC_DIR)
+    p.add_argument("--data", type=Path, default=PBC_DIR,
+                   help="the PBC collection folder (default: $HEMOPROFILE_PBC_DIR, else /work/shared/data/pbc)")
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hemoprofile")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget")
     p.add_argument("--epochs", type=int, default=1000, help="upper bound on epochs (the budget usually ends first)")

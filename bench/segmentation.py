@@ -40,7 +40,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from hemoprofile.segment.cellpose_model import load_cellpose_model, read_sidecar  # noqa: E402
+from hemoprofile.models import DEFAULT_SEGMENTATION_MODEL  # noqa: E402
+from hemoprofile.segment.cellpose_model import load_cellpose_model, model_file, read_sidecar  # noqa: E402
 from hemoprofile.segment.diameter import (  # noqa: E402
     estimate_input_diameter,
     label_diameter,
@@ -52,7 +53,7 @@ from hemoprofile.segment.segmenter import build_segmenter, segment_image  # noqa
 from hemoprofile.segment.settings import segment_settings  # noqa: E402
 from hemoprofile.segment.training.data import read_dsb_image, read_split  # noqa: E402
 
-DEFAULT_MODEL = ROOT / "models" / "segmentation" / "hemoprofile_cellpose.pt"
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 STARDIST_DSB_AP50 = 0.864
 
 
@@ -68,11 +69,11 @@ def dsb_test_set(split_path: Path, dsb_dir: Path, limit: int | None):
     return images, labels
 
 
-def synthetic_test_set(work_dir: Path, n_slides: int | None):
+def synthetic_test_set(work_dir: Path, n_slides: int | None, config_path: Path = DEFAULT_CONFIG):
     from hemoprofile.config import load_config
     from hemoprofile.simulate import plan_cohort, read_synthetic_frame, simulate_slide
 
-    synth_cfg = load_config(ROOT / "config" / "config.yaml")["synthetic"]
+    synth_cfg = load_config(config_path)["synthetic"]
     plan = plan_cohort(synth_cfg, work_dir)
     rows = range(len(plan) if n_slides is None else min(n_slides, len(plan)))
     images, labels = [], []
@@ -110,7 +111,10 @@ def run_backend(name, images, diameters, model=None, refine=False):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--model", default=DEFAULT_SEGMENTATION_MODEL,
+                        help=f"model file, or a bundled model (default {DEFAULT_SEGMENTATION_MODEL})")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="config whose synthetic section simulates the held-out slides (default: the demo's)")
     parser.add_argument("--split", type=Path, default=None, help="split file (default: the model sidecar's, else beside the model)")
     parser.add_argument("--dsb-dir", type=Path, default=os.environ.get("HEMOPROFILE_DSB_DIR"),
                         help="the DSB 2018 fluorescence folder (default: $HEMOPROFILE_DSB_DIR)")
@@ -126,6 +130,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    args.model = model_file(args.model)
     meta = read_sidecar(args.model)
     factor = float(meta.get("diameter_estimator", {}).get("factor", 1.0))
     split = args.split
@@ -137,7 +142,7 @@ def main(argv=None):
 
     sets = {}
     n_slides = 1 if args.quick else args.synthetic_slides
-    s_imgs, s_labs, seed = synthetic_test_set(args.work / "synthetic", n_slides)
+    s_imgs, s_labs, seed = synthetic_test_set(args.work / "synthetic", n_slides, args.config)
     sets[f"synthetic held-out (demo seed {seed}, {len(s_imgs)} frames)"] = (s_imgs, s_labs)
     d_imgs, d_labs = dsb_test_set(split, args.dsb_dir, 12 if args.quick else None)
     sets[f"DSB 2018 test split ({len(d_imgs)} images, never trained on)"] = (d_imgs, d_labs)

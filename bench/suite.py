@@ -100,16 +100,21 @@ def _load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def demo_config() -> dict:
-    """The demo config (config/config.yaml), validated, with the bundled model's absolute path."""
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
+
+
+def demo_config(path: str | os.PathLike = DEFAULT_CONFIG) -> dict:
+    """A config file (default: the demo's, config/config.yaml), validated against the package's schema; a
+    relative model path is taken relative to the repository (a bundled model, ``bundled:<name>``, is
+    found in the package by the loader)."""
     import yaml
 
     from hemoprofile.config import validate_config
+    from hemoprofile.models import is_bundled
 
-    cfg = validate_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
-                          ROOT / "config" / "schemas" / "config.schema.yaml")
-    model = Path(cfg["segment"]["model"])
-    if not model.is_absolute():
+    cfg = validate_config(yaml.safe_load(Path(path).read_text()))
+    model = cfg["segment"]["model"]
+    if not is_bundled(model) and not Path(model).is_absolute() and (ROOT / model).exists():
         cfg["segment"]["model"] = str(ROOT / model)
     return cfg
 
@@ -608,6 +613,8 @@ def main(argv=None) -> int:
     """Run the parts asked for (command-line arguments as in the module docstring); return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="/tmp/hemoprofile-bench-suite")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="config whose sections the stages run with (default: the demo's config/config.yaml)")
     parser.add_argument("--frames", type=int, nargs=2, default=[6, 12], metavar=("SMALL", "LARGE"),
                         help="frames per side of the small and the large slide")
     parser.add_argument("--frame-size", type=int, default=256, help="frame edge in pixels")
@@ -638,7 +645,7 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}")
     print(f"load average (1/5/15 min) at start: {_load()}; parts: {', '.join(parts)}; workdir {args.workdir}",
           flush=True)
-    cfg = demo_config()
+    cfg = demo_config(args.config)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     suite = Suite(args, cfg)

@@ -141,10 +141,8 @@ TILE = 128  # one tile per frame: a blank frame is a flat tile
 
 @pytest.fixture(scope="module")
 def demo_config():
-    """The demo's preprocess, segment (bundled Cellpose model), extract and gating settings."""
-    config = validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
-    config["segment"]["model"] = str(REPO / config["segment"]["model"])
-    return config
+    """The demo's preprocess, segment (bundled Cellpose model, found in the package), extract and gating settings."""
+    return validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
 
 
 @pytest.fixture(scope="module")

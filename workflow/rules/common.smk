@@ -5,6 +5,7 @@ import os
 import pandas as pd
 
 import hemoprofile
+import hemoprofile.models
 from hemoprofile.simulate import plan_cohort
 from hemoprofile.vocabulary import cell_type_names
 from hemoprofile.config import (
@@ -24,8 +25,9 @@ except ConfigError as err:
 
 
 def checkout_path(path):
-    """A relative path missing from the working directory but present in the checkout (the bundled
-    models) -> the checkout's copy, so `snakemake -d elsewhere` still finds models/."""
+    """A relative path missing from the working directory but present in the checkout -> the checkout's
+    copy, so `snakemake -d elsewhere` still finds a model file kept in the checkout. (The bundled models,
+    `bundled:<name>`, are package data: model_input finds them wherever the package is installed.)"""
     bundled = os.path.join(workflow.basedir, path)
     if path and not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(bundled):
         return bundled
@@ -33,6 +35,19 @@ def checkout_path(path):
 
 
 config["segment"]["model"] = checkout_path(config["segment"]["model"])
+
+
+def model_input(value, what):
+    """The file a model value names, for an input of a rule. A bundled model (`bundled:<name>`) -> its file in
+    the installed package (hemoprofile.models), so replacing that file reruns the rules that use it; a
+    path as it is (another rule may write it, e.g. train_segmenter). The parameters keep the value itself."""
+    if not hemoprofile.models.is_bundled(value):
+        return value
+    try:
+        return str(hemoprofile.models.resolve_model(value, what))
+    except FileNotFoundError as err:
+        raise WorkflowError(f"configuration: {err}") from None
+
 
 RESULTS = config["results"]
 SYNTHETIC = config["synthetic"]["enabled"]
@@ -102,7 +117,8 @@ CLASSIFY_VERSION = stage_version("classify")
 
 def classifier_model(task):
     """The model file classify uses for a task: a given one, else the one train_classifier writes."""
-    return CLASSIFY["models"].get(task) or f"{RESULTS}/models/classifier_{task}.pt"
+    given = CLASSIFY["models"].get(task)
+    return model_input(given, f"classify.models.{task}") if given else f"{RESULTS}/models/classifier_{task}.pt"
 
 
 def classifier_training_inputs(wildcards):

@@ -6,11 +6,12 @@
 from hemoprofile.segment.cellpose_model import is_model_file as is_cellpose_model_file
 
 
-# A Cellpose model file is an input, so retraining the model reruns segmentation; built-in names are not files.
-# A relative segment.model missing from the working directory is the checkout's (common.smk's checkout_path,
-# against workflow.basedir), so `snakemake -d elsewhere` finds the bundled model.
+# A Cellpose model file is an input, so retraining or replacing the model reruns segmentation; built-in names
+# are not files. The bundled model (bundled:hemoprofile_cellpose, the default) is the installed package's
+# file (common.smk's model_input); a relative segment.model missing from the working directory is the
+# checkout's (common.smk's checkout_path, against workflow.basedir).
 SEGMENT_MODEL = (
-    [config["segment"]["model"]]
+    [model_input(config["segment"]["model"], "segment.model")]
     if config["segment"]["backend"] == "cellpose" and is_cellpose_model_file(config["segment"]["model"])
     else []
 )

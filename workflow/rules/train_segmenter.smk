@@ -1,6 +1,6 @@
 # Train the project's own Cellpose segmentation model (DSB 2018 nuclei + synthetic training slides).
 #
-# Not among `rule all`'s targets: the demo segments with the bundled model (models/segmentation/). Set
+# Not among `rule all`'s targets: the demo segments with the bundled model (bundled:hemoprofile_cellpose). Set
 # train_segmenter.dsb_dir to the DSB 2018 fluorescence folder, then run
 #   snakemake --profile profiles/default train_segmenter
 # It writes {results}/models/segmenter/segmenter.pt (+ .pt.json sidecar, metrics, DSB split); point
@@ -43,7 +43,9 @@ rule train_segmenter:
     input:
         dsb_index=segmenter_dsb_index,
         cohort=[SEGMENTER_COHORT] if SEGMENTER_COHORT else [],
-        init_model=[config["train_segmenter"]["init_model"]] if config["train_segmenter"].get("init_model") else [],
+        init_model=[model_input(config["train_segmenter"]["init_model"], "train_segmenter.init_model")]
+        if config["train_segmenter"].get("init_model")
+        else [],
     output:
         model=f"{SEGMENTER_MODEL_DIR}/segmenter.pt",
         sidecar=f"{SEGMENTER_MODEL_DIR}/segmenter.pt.json",

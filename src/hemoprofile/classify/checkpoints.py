@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from hemoprofile.io import atomic_output, model_id
+from hemoprofile.models import is_bundled, resolve_model
 from hemoprofile.nn.cnn import CellNet, build_model, fuse_batchnorm
 from hemoprofile.vocabulary import HIERARCHICAL
 
@@ -125,11 +126,13 @@ def from_checkpoint(ckpt: dict, path: str, mid: str) -> LoadedClassifier:
 def load_classifier(path: str | os.PathLike) -> LoadedClassifier:
     """Load a classifier file written by :func:`save_classifier` (no code is unpickled: ``weights_only``).
 
+    ``path`` may name a bundled model (``bundled:pbc8_cellnet96``, :mod:`hemoprofile.models`).
+
     Raises
     ------
     FileNotFoundError / ValueError naming the file when it is missing or not a classifier.
     """
-    path = str(path)
+    path = str(resolve_model(path, "classifier model") if is_bundled(path) else path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"classifier model file not found: {path}")
     try:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hemoprofile.models import DEFAULT_CLASSIFIER_MODEL
+
 CLI_PATCH_SIZE = 112
 CLI_CROP_MARGIN = 8
 
@@ -71,9 +73,28 @@ def _widths(text: str) -> list[int]:
     return values
 
 
-def _collection_parser(subparsers, name: str, help: str, description: str, func) -> argparse.ArgumentParser:
+TRAIN_CLASSIFIER_EXAMPLES = """\
+examples:
+  hemoprofile train-classifier pbc/ --out pbc_model.pt --minutes 30
+      train on a PBC-layout folder for 30 minutes; writes pbc_model.pt and pbc_model.metrics.json
+  hemoprofile train-classifier crops/ --out model.pt --epochs 20 --patch-size 64 --work crops_ingested/
+      64 px patches, at most 20 epochs, keeping the ingested patches for the next run
+"""
+
+CLASSIFY_EXAMPLES = f"""\
+examples:
+  hemoprofile classify pbc/ --out predictions.csv
+      the bundled PBC blood smear classifier ({DEFAULT_CLASSIFIER_MODEL}), from any directory
+  hemoprofile classify crops/ --model model.pt --out predictions.csv --tta 8
+      your own model file (hemoprofile train-classifier), 8-fold flip/rotation averaging
+"""
+
+
+def _collection_parser(subparsers, name: str, help: str, description: str, func,
+                       epilog: str | None = None) -> argparse.ArgumentParser:
     """A subcommand on a collection folder: ``COLLECTION_DIR`` first; :func:`_add_run_options` ends it."""
-    p = subparsers.add_parser(name, help=help, description=description)
+    p = subparsers.add_parser(name, help=help, description=description, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("collection", type=Path, metavar="COLLECTION_DIR")
     p.set_defaults(func=func)
     return p
@@ -95,6 +116,7 @@ def add_train_classifier_parser(subparsers) -> None:
                     "(images/<class>/*.jpg + labels.csv with path,label). Writes MODEL and MODEL's "
                     "metrics next to it (<MODEL stem>.metrics.json), scored on a held-out stratified split.",
         func=train_classifier_command,
+        epilog=TRAIN_CLASSIFIER_EXAMPLES,
     )
     p.add_argument("--out", type=Path, required=True, metavar="MODEL", help="model file to write (.pt)")
     p.add_argument("--metrics", type=Path, help="metrics JSON (default: MODEL with .metrics.json)")
@@ -164,8 +186,11 @@ def add_classify_parser(subparsers) -> None:
                     "Writes a CSV with path, predicted_label and one p_<class> column per class; when the "
                     "collection has labels, prints accuracy, macro F1 and the confusion matrix.",
         func=classify_command,
+        epilog=CLASSIFY_EXAMPLES,
     )
-    p.add_argument("--model", type=Path, required=True, metavar="MODEL")
+    p.add_argument("--model", type=Path, default=Path(DEFAULT_CLASSIFIER_MODEL), metavar="MODEL",
+                   help="a classifier file (hemoprofile train-classifier) or a bundled model "
+                        f"(default: {DEFAULT_CLASSIFIER_MODEL}, shipped in the package)")
     p.add_argument("--out", type=Path, required=True, metavar="CSV")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8))

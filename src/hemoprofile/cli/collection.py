@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+
+INGEST_COLLECTION_EXAMPLES = """\
+examples:
+  hemoprofile ingest-collection pbc/ pbc_ingested/ --patch-size 96
+      images/<class>/*.jpg (+ labels.csv) -> pbc_ingested/cells.parquet and pbc_ingested/patches.zarr
+  hemoprofile ingest-collection crops/ out/ --stretch --dtype uint16 --limit 500
+      the first 500 crops, stretched to square, stored as uint16
+"""
 
 
 def add_ingest_collection_parser(subparsers) -> None:
@@ -13,6 +22,8 @@ def add_ingest_collection_parser(subparsers) -> None:
         help="turn a folder of labelled single-cell crops into cells.parquet + patches.zarr",
         description="Ingest FOLDER (images/<class>/*.jpg|png|tif, optional labels.csv with path,label[,subtype,"
                     "patient,group]) into OUT_DIR/cells.parquet and OUT_DIR/patches.zarr (row i = patch i).",
+        epilog=INGEST_COLLECTION_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("folder", type=Path, metavar="FOLDER")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")

@@ -22,6 +22,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from hemoprofile.models import DEFAULT_SEGMENTATION_MODEL, is_bundled, resolve_model
+
 log = logging.getLogger(__name__)
 
 #: Cellpose 3 built-in model names accepted as ``segment.model`` (they download on first use).
@@ -58,8 +60,31 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 
 
 def is_model_file(model: str) -> bool:
-    """True when ``segment.model`` names a file (anything that is not a Cellpose built-in name)."""
+    """True when ``segment.model`` names a file: a bundled model (``bundled:<name>``) or a path, i.e.
+    anything that is not a Cellpose built-in name."""
     return str(model) not in PRETRAINED_MODELS
+
+
+def model_file(model: str | os.PathLike) -> Path:
+    """The file a ``segment.model`` value names: the bundled model's (``bundled:hemoprofile_cellpose``,
+    found in the installed package, :mod:`hemoprofile.models`) or the path itself (relative to the
+    working directory).
+
+    Raises
+    ------
+    FileNotFoundError naming the value, the path it resolved to and the ways forward.
+
+    Example
+    -------
+    >>> model_file("bundled:hemoprofile_cellpose").name
+    'hemoprofile_cellpose.pt'
+    """
+    if is_bundled(model):
+        return resolve_model(model, "segment.model")
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(missing_model_message(model))
+    return path
 
 
 def missing_model_message(path: str | os.PathLike) -> str:
@@ -67,8 +92,9 @@ def missing_model_message(path: str | os.PathLike) -> str:
     resolved = Path(path).resolve()
     where = repr(str(path)) if str(resolved) == str(path) else f"{str(path)!r} ({resolved})"
     return (
-        f"Cellpose model file {where} not found. Train the project's model with the workflow's "
-        "train_segmenter rule (it writes the .pt file and its .pt.json sidecar under "
+        f"Cellpose model file {where} not found. Use the bundled model (segment.model: "
+        f"{DEFAULT_SEGMENTATION_MODEL}, the default), or train the project's model with the "
+        "workflow's train_segmenter rule (it writes the .pt file and its .pt.json sidecar under "
         "<results>/models/segmenter/), or set segment.backend: classical (no model needed), or set "
         f"segment.model to a Cellpose built-in name ({', '.join(PRETRAINED_MODELS[:4])}) on a machine that "
         "can download it."
@@ -149,7 +175,8 @@ def load_cellpose_model(path_or_name: str | os.PathLike, device=None):
 
     Parameters
     ----------
-    path_or_name : a model file, or a Cellpose built-in name (``cyto3``, ``nuclei``, ``cyto2``; these are
+    path_or_name : a model file, a bundled model (``bundled:hemoprofile_cellpose``, see :func:`model_file`),
+        or a Cellpose built-in name (``cyto3``, ``nuclei``, ``cyto2``; these are
         downloaded by Cellpose on first use, which needs network access).
     device : torch device; None picks one with :func:`cellpose_device` (``auto``).
 
@@ -162,8 +189,7 @@ def load_cellpose_model(path_or_name: str | os.PathLike, device=None):
     FileNotFoundError naming the path and how to obtain a model, for a missing file.
     """
     name = str(path_or_name)
-    if is_model_file(name) and not Path(name).is_file():  # before the slow imports: fail fast
-        raise FileNotFoundError(missing_model_message(name))
+    path = model_file(name) if is_model_file(name) else None  # before the slow imports: fail fast
     try:
         import torch
         from cellpose import models
@@ -181,9 +207,6 @@ def load_cellpose_model(path_or_name: str | os.PathLike, device=None):
         except Exception as err:  # network errors come in many types
             raise RuntimeError(f"cannot load Cellpose built-in model {name!r} ({err}); it must be downloaded "
                                "once with network access, or use a model file / segment.backend: classical") from err
-    path = Path(name)
-    if not path.is_file():
-        raise FileNotFoundError(missing_model_message(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -237,8 +260,8 @@ def write_sidecar(model_path: str | os.PathLike, meta: Mapping) -> Path:
 
 
 def read_sidecar(model_path: str | os.PathLike) -> dict:
-    """Read the sidecar JSON of a model file."""
-    path = sidecar_path(model_path)
+    """Read the sidecar JSON of a model file (a path or a bundled model's name)."""
+    path = sidecar_path(resolve_model(model_path) if is_bundled(model_path) else model_path)
     if not path.exists():
         raise FileNotFoundError(f"model sidecar not found: {path}")
     return json.loads(path.read_text())

@@ -19,15 +19,13 @@ default). Label images are (row, column) int32, 0 = background.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-
 import numpy as np
 
 from hemoprofile.segment.cellpose_model import (
     cellpose_device,
     is_model_file,
     load_cellpose_model,
-    missing_model_message,
+    model_file,
 )
 from hemoprofile.segment.classical import ClassicalSegmenter
 from hemoprofile.segment.input import (
@@ -140,8 +138,8 @@ def build_segmenter(segment_cfg: Mapping | None = None, model=None, device=None)
                                   c["cytoplasm_growth"], cfg["min_size"], combine, cfg["marker_min_span"])
     if cfg["backend"] == "cellpose":
         if model is None:
-            if is_model_file(cfg["model"]) and not Path(cfg["model"]).is_file():
-                raise FileNotFoundError(missing_model_message(cfg["model"]))
+            if is_model_file(cfg["model"]):
+                model_file(cfg["model"])  # a missing file fails here, before the device is chosen
             model = load_cellpose_model(cfg["model"], cellpose_device(cfg["device"]) if device is None else device)
         return CellposeSegmenter(model, cfg["diameter"], cfg["flow_threshold"], cfg["cellprob_threshold"],
                                  cfg["min_size"], cfg["normalisation"], combine, model_name=str(cfg["model"]),

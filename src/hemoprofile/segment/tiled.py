@@ -30,8 +30,10 @@ from hemoprofile.io import (
     create_ome_zarr_labels,
     halo_window,
     iter_tiles,
+    model_id,
     open_ome_zarr,
 )
+from hemoprofile.segment.cellpose_model import is_model_file, model_file
 from hemoprofile.segment.input import select_channels
 from hemoprofile.segment.segmenter import build_segmenter
 from hemoprofile.segment.settings import segment_settings
@@ -275,6 +277,9 @@ def segment_slide(
         "source": str(preprocessed_path),
         "backend": cfg["backend"],
         "model": cfg["model"] if cfg["backend"] == "cellpose" else None,
+        # the file's id: a bundled model keeps its name when its file is replaced
+        "model_id": (model_id(model_file(cfg["model"]))
+                     if cfg["backend"] == "cellpose" and is_model_file(cfg["model"]) else None),
         "diameter": float(cfg["diameter"]),
         "channels": {"nucleus": cfg["channels"]["nucleus"], "cytoplasm": list(cfg["channels"]["cytoplasm"]),
                      "combine": cfg["channels"]["combine"]},

@@ -58,8 +58,7 @@ class ModelFiles:
                     metrics=Path(metrics) if metrics else results / "cohort" / "patient_model" / "metrics.json")
         train = "train the cohort first (its workflow's train_patient_model rule) or name the file with"
         for what, path, hint in (
-                ("cell classifier", files.classifier, ("name the cohort's classifier with --classifier (the bundled "
-                                                       "pbc8 model is in a source checkout's models/classifiers/)")),
+                ("cell classifier", files.classifier, "name the cohort's classifier with --classifier")),
                 ("patient model", files.patient_model, f"{train} --patient-model"),
                 ("patient-model metrics", files.metrics, f"{train} --metrics")):
             if not path.is_file():
@@ -68,10 +67,10 @@ class ModelFiles:
 
 
 def bundled_classifier() -> Path:
-    """The bundled 8-class stained-smear classifier (models/classifiers/pbc8_cellnet96.pt in the checkout)."""
-    import hemoprofile
+    """The bundled 8-class stained-smear classifier (``bundled:pbc8_cellnet96``, package data)."""
+    from hemoprofile.models import DEFAULT_CLASSIFIER_MODEL, resolve_model
 
-    return Path(hemoprofile.__file__).resolve().parents[2] / "models" / "classifiers" / "pbc8_cellnet96.pt"
+    return resolve_model(DEFAULT_CLASSIFIER_MODEL, "cell classifier")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from hemoprofile.config import section_defaults
+from hemoprofile.models import is_bundled, resolve_model
 from hemoprofile.segment.cellpose_model import (
     build_net,
     load_net,
@@ -224,7 +225,8 @@ def _train_with_train_seg(net, images, flows, probs, cfg: TrainConfig, work_dir:
 
 def _init_from(net, cfg: TrainConfig) -> None:
     """Load ``cfg.init_model``'s weights into ``net`` (fine-tuning); its widths and diam_mean must match."""
-    path = Path(cfg.init_model)
+    # a bundled model (bundled:hemoprofile_cellpose) is found in the installed package
+    path = resolve_model(cfg.init_model, "train_segmenter.init_model") if is_bundled(cfg.init_model) else Path(cfg.init_model)
     if not path.exists() or not sidecar_path(path).exists():
         raise FileNotFoundError(f"train_segmenter.init_model: {path} or its sidecar {sidecar_path(path).name} "
                                 f"does not exist")
