@@ -58,7 +58,7 @@ class ModelFiles:
                     metrics=Path(metrics) if metrics else results / "cohort" / "patient_model" / "metrics.json")
         train = "train the cohort first (its workflow's train_patient_model rule) or name the file with"
         for what, path, hint in (
-                ("cell classifier", files.classifier, "name the cohort's classifier with --classifier")),
+                ("cell classifier", files.classifier, "name the cohort's classifier with --classifier"),
                 ("patient model", files.patient_model, f"{train} --patient-model"),
                 ("patient-model metrics", files.metrics, f"{train} --metrics")):
             if not path.is_file():
