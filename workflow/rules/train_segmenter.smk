@@ -1,4 +1,5 @@
 # Train the project's own Cellpose segmentation model (DSB 2018 nuclei + synthetic training slides).
+# Also: rule finetune_segmenter (below), fine-tuning on your own annotated folders.
 #
 # Not among `rule all`'s targets: the demo segments with the bundled model (models/segmentation/). Set
 # train_segmenter.dsb_dir to the DSB 2018 fluorescence folder, then run

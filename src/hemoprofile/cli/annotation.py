@@ -89,6 +89,7 @@ def add_train_segmenter_parser(subparsers) -> None:
     parser.add_argument("--learning-rate", type=float, help="default: train_segmenter.finetune.learning_rate")
     parser.add_argument("--validation-fraction", type=float,
                         help="share held out (default: train_segmenter.finetune.validation_fraction)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: train_segmenter.threads, 1)")
     parser.set_defaults(func=run_train_segmenter)
 
 
@@ -99,6 +100,8 @@ def run_train_segmenter(args) -> int:
     params = dict(config["train_segmenter"]) if config else {}
     overrides = {"steps": args.steps, "learning_rate": args.learning_rate,
                  "validation_fraction": args.validation_fraction}
+    if args.threads:
+        params["threads"] = args.threads
     params["finetune"] = {**dict(params.get("finetune") or {}), **{k: v for k, v in overrides.items() if v is not None}}
     result = finetune_from_folders(args.folders, args.out, params, config["segment"] if config else None,
                                    start_model=args.start)
