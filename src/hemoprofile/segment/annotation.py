@@ -137,7 +137,6 @@ class _TileScorer:
         core = (slice(tile.y0 - window[0], tile.y1 - window[0]), slice(tile.x0 - window[2], tile.x1 - window[2]))
         selected = _read_window(self.image, self.selection.indices, window)
         seg = self.segmenter
-        prepared = seg.calibration.prepare(selected) if seg.calibration is not None else None
         if seg.name == "cellpose":
             x = seg.network_input(selected)
             _, flows, _ = seg.model.eval(x, channel_axis=2, channels=None, normalize={"normalize": False, "norm3D": False},
@@ -148,7 +147,7 @@ class _TileScorer:
             margin = margin_fraction(flows[2], seg.cellprob_threshold, CELLPROB_MARGIN)
             network = np.moveaxis(x[core[0], core[1]], -1, 0)
         else:
-            nucleus, cyto = prepared
+            nucleus, cyto = seg.calibration.prepare(selected)
             smooth = seg._smooth(nucleus)[core]
             threshold = float(seg.nucleus_threshold)
             margin = margin_fraction(smooth, threshold, THRESHOLD_MARGIN * abs(threshold)) if math.isfinite(threshold) else 0.0
