@@ -50,6 +50,7 @@ from hemoprofile.segment.input import select_channels
 from hemoprofile.segment.segmenter import build_segmenter
 from hemoprofile.segment.settings import segment_settings
 from hemoprofile.segment.tiled import _read_window, _sample_tiles, halo_pixels
+from hemoprofile.segment.training.annotations import FOLDER_DESCRIPTION  # read back by training
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ MIN_SOLIDITY = 0.85
 CELLPROB_MARGIN = 1.0
 #: Smoothed nucleus values within this fraction of the Otsu threshold are undecided (classical backend).
 THRESHOLD_MARGIN = 0.15
-#: The folder description file that training reads (channel names; whether images are network inputs).
-FOLDER_DESCRIPTION = "annotation.json"
 MANIFEST = "manifest.csv"
 
 

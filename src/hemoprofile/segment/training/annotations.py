@@ -41,6 +41,7 @@ MASK_ENDINGS = ("_cp_masks", "_masks")
 SEG_NPY = "_seg.npy"
 #: Files of Cellpose's outputs that are neither images nor masks.
 IGNORED_ENDINGS = ("_flows", "_cellprob", "_outlines", "_cp_output")
+#: The folder description file (channel names; whether the images already are network inputs).
 FOLDER_DESCRIPTION = "annotation.json"
 
 
