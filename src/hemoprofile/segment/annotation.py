@@ -50,7 +50,9 @@ from hemoprofile.segment.input import select_channels
 from hemoprofile.segment.segmenter import build_segmenter
 from hemoprofile.segment.settings import segment_settings
 from hemoprofile.segment.tiled import _read_window, _sample_tiles, halo_pixels
-from hemoprofile.segment.training.annotations import FOLDER_DESCRIPTION  # read back by training
+from hemoprofile.segment.training.annotations import (
+    FOLDER_DESCRIPTION,  # read back by training
+)
 
 log = logging.getLogger(__name__)
 

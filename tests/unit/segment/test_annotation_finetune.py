@@ -19,7 +19,10 @@ from hemoprofile.segment.tiled import segment_slide
 from hemoprofile.segment.training import data as st
 from hemoprofile.segment.training.annotations import file_sha256, read_annotation_folder
 from hemoprofile.segment.training.evaluate import evaluate_segmenter
-from hemoprofile.segment.training.finetune import bundled_segmentation_model, finetune_from_folders
+from hemoprofile.segment.training.finetune import (
+    bundled_segmentation_model,
+    finetune_from_folders,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 FIXTURE_DSB = REPO / "tests" / "fixtures" / "dsb2018"

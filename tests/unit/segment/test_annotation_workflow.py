@@ -23,7 +23,7 @@ def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedPr
     (workdir / "config").mkdir(parents=True, exist_ok=True)
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "1", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=workdir)
+    return subprocess.run(command, capture_output=True, text=True, cwd=workdir, check=False)
 
 
 def test_segment_model_naming_the_finetuned_file_schedules_finetuning_before_segment_only(tmp_path):
@@ -35,8 +35,8 @@ def test_segment_model_naming_the_finetuned_file_schedules_finetuning_before_seg
                          train_segmenter={"finetune": {"folders": [str(folder)]}})
     result = snakemake(tmp_path, config, "--dry-run", "--dag", "dot", "results/P01_S1/cells.parquet")
     assert result.returncode == 0, result.stdout + result.stderr
-    labels = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)', result.stdout, re.M))
-    edges = [(labels[a], labels[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", result.stdout, re.M)]
+    labels = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)', result.stdout, re.MULTILINE))
+    edges = [(labels[a], labels[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", result.stdout, re.MULTILINE)]
     assert "finetune_segmenter" in labels.values() and "train_segmenter" not in labels.values()
     assert [child for parent, child in edges if parent == "finetune_segmenter"] == ["segment"]
     assert not [parent for parent, child in edges if child == "finetune_segmenter"]  # built from the folders alone

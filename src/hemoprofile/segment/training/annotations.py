@@ -241,7 +241,7 @@ def split_annotations(names: Sequence[str], fraction: float, seed: int) -> tuple
     n = len(names)
     if n < 2 or fraction <= 0:
         return list(range(n)), []
-    n_val = min(n - 1, max(1, int(round(fraction * n))))
+    n_val = min(n - 1, max(1, round(fraction * n)))
     order = sorted(range(n), key=lambda i: names[i])
     perm = np.random.default_rng(seed).permutation(n)
     val = sorted(order[i] for i in perm[:n_val])

@@ -20,8 +20,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hemoprofile.config import section_defaults
-from hemoprofile.segment.cellpose_model import is_model_file, missing_model_message, read_sidecar, write_sidecar
-from hemoprofile.segment.training.annotations import file_sha256, read_annotation_folders, split_annotations
+from hemoprofile.segment.cellpose_model import (
+    is_model_file,
+    missing_model_message,
+    read_sidecar,
+    write_sidecar,
+)
+from hemoprofile.segment.training.annotations import (
+    file_sha256,
+    read_annotation_folders,
+    split_annotations,
+)
 from hemoprofile.segment.training.evaluate import evaluate_segmenter
 from hemoprofile.segment.training.train import TrainConfig, train_segmenter
 
