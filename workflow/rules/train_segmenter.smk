@@ -1,4 +1,5 @@
 # Train the project's own Cellpose segmentation model (DSB 2018 nuclei + synthetic training slides).
+# Also: rule finetune_segmenter (below), fine-tuning on your own annotated folders.
 #
 # Not among `rule all`'s targets: the demo segments with the bundled model (bundled:hemoprofile_cellpose). Set
 # train_segmenter.dsb_dir to the DSB 2018 fluorescence folder, then run
@@ -68,3 +69,56 @@ rule train_segmenter:
         "../../envs/gpu.yaml"
     script:
         "../scripts/train_segmenter.py"
+
+
+# Fine-tuning on a lab's own annotated folders (train_segmenter.finetune.folders; README "Teach the
+# segmenter your own nuclei"). Not among `rule all`'s targets: run `snakemake finetune_segmenter`, or set
+#   segment.model: <results>/models/segmenter/finetuned.pt
+# and a plain `snakemake` builds the model first, then reruns segmentation and what follows (the model file
+# is an input of rule segment; tile and preprocess are untouched). Only the segment section's channel
+# choice is a param here, so pointing segment.model at the output does not retrain it.
+from hemoprofile.segment.training.finetune import bundled_segmentation_model
+
+FINETUNE = config["train_segmenter"]["finetune"]
+FINETUNE_START = model_input(FINETUNE.get("start_model") or bundled_segmentation_model(), "train_segmenter.finetune.start_model")
+
+
+def finetune_annotation_files(wildcards):
+    """Every file of the annotated folders (a new or corrected file retrains)."""
+    folders = FINETUNE["folders"]
+    if not folders:
+        raise WorkflowError("train_segmenter.finetune.folders is empty: name the folders of your annotated images "
+                            "(e.g. the corrected output of `hemoprofile export-for-annotation`)")
+    files = []
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise WorkflowError(f"train_segmenter.finetune.folders: {folder} is not a folder")
+        files += sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                        if os.path.isfile(os.path.join(folder, name)))
+    return files
+
+
+rule finetune_segmenter:
+    input:
+        annotations=finetune_annotation_files,
+        start_model=FINETUNE_START,
+    output:
+        model=f"{SEGMENTER_MODEL_DIR}/finetuned.pt",
+        sidecar=f"{SEGMENTER_MODEL_DIR}/finetuned.pt.json",
+        metrics=f"{SEGMENTER_MODEL_DIR}/finetuned_metrics.json",
+    params:
+        train=config["train_segmenter"],
+        channels={"channels": config["segment"]["channels"], "marker_min_span": config["segment"]["marker_min_span"]},
+        folders=FINETUNE["folders"],
+        version={"stage": "finetune_segmenter", "version": SEGMENTER_TRAINING_VERSION, "package": hemoprofile.__version__},
+    log:
+        f"{RESULTS}/logs/finetune_segmenter.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/finetune_segmenter.tsv"
+    threads: config["train_segmenter"]["threads"]
+    resources:
+        mem_mb=8000,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/finetune_segmenter.py"

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from hemoprofile import __version__
+from hemoprofile.cli.annotation import ANNOTATION_SUBCOMMANDS
 from hemoprofile.cli.classify import add_classify_parser, add_train_classifier_parser
 from hemoprofile.cli.collection import add_ingest_collection_parser
 from hemoprofile.cli.segment import add_segment_parser
@@ -27,6 +28,7 @@ SUBCOMMANDS: dict[str, Callable] = {
     "train-classifier": add_train_classifier_parser,
     "classify": add_classify_parser,
     "serve": add_serve_parser,
+    **ANNOTATION_SUBCOMMANDS,
 }
 
 

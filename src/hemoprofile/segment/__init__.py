@@ -14,8 +14,10 @@ stitched to slide-wide unique ids; and the training of the project's own Cellpos
 - :mod:`~hemoprofile.segment.tiled`: tiled segmentation and stitching; ``segment_slide`` (the workflow's
   entry point).
 - :mod:`~hemoprofile.segment.metrics`: instance segmentation scores (IoU matching, AP).
-- :mod:`~hemoprofile.segment.training`: training and scoring the Cellpose model (imports torch/cellpose
-  when run).
+- :mod:`~hemoprofile.segment.annotation`: the tiles of a segmented slide where the segmenter is least
+  sure, exported for correction in the Cellpose GUI (``hemoprofile export-for-annotation``).
+- :mod:`~hemoprofile.segment.training`: training and scoring the Cellpose model, and fine-tuning it on
+  a lab's own annotated folders (imports torch/cellpose when run).
 
 torch and cellpose load only when a Cellpose model is built, so importing the stage is light.
 """
