@@ -34,7 +34,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 import pandas as pd
-from anndata.io import write_elem
+
+try:  # anndata >= 0.11
+    from anndata.io import write_elem
+except ImportError:  # anndata 0.10
+    from anndata.experimental import write_elem
 
 import hemoprofile
 from hemoprofile.export.sources import (
