@@ -175,7 +175,10 @@ def iter_columns(path: str | os.PathLike, columns: Sequence[str], chunk_rows: in
     chunk_rows = max(1, int(chunk_rows))
     pending: list[pa.RecordBatch] = []
     held = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=list(columns)):
+    # pre_buffer off: with it, pyarrow (26) keeps the buffers of every row group read so far, and memory
+    # grows with the file (measured: +450 MB over a 3 M-row cells table; flat without)
+    reader = pq.ParquetFile(path, pre_buffer=False)
+    for batch in reader.iter_batches(batch_size=chunk_rows, columns=list(columns)):
         pending.append(batch)
         held += batch.num_rows
         while held >= chunk_rows:
