@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[3] / "src" / "hemoprofile"
-STAGES = ("simulate", "ingest", "preprocess", "segment", "features", "classify", "embed", "patients", "report")
+STAGES = ("simulate", "ingest", "preprocess", "segment", "features", "classify", "embed", "patients", "report", "export")
 SHARED = ("config", "io", "nn", "vocabulary", "runlog")
 MAX_LINES = 600
 
