@@ -76,7 +76,8 @@ def child_write(folder: Path, out: Path, chunk_rows: int, compression: str | Non
 
 
 def run_child(*args: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, __file__, "--child", *args], check=False, capture_output=True,
+                          text=True)
     if done.returncode != 0:
         raise SystemExit(f"child {args[0]} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
