@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from hemoprofile import __version__
 from hemoprofile.cli.classify import add_classify_parser, add_train_classifier_parser
 from hemoprofile.cli.collection import add_ingest_collection_parser
+from hemoprofile.cli.export import add_export_h5ad_parser
 from hemoprofile.cli.segment import add_segment_parser
 
 #: Subcommand name -> function that adds its parser to the subparsers object.
@@ -25,6 +26,7 @@ SUBCOMMANDS: dict[str, Callable] = {
     "ingest-collection": add_ingest_collection_parser,
     "train-classifier": add_train_classifier_parser,
     "classify": add_classify_parser,
+    "export-h5ad": add_export_h5ad_parser,
 }
 
 

@@ -18,7 +18,7 @@ def planned(workdir: Path, anndata: dict) -> dict[str, int]:
     done = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "1", "--dry-run"],
                           capture_output=True, text=True, cwd=workdir, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)\s*$", done.stdout, re.M)}
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)\s*$", done.stdout, re.MULTILINE)}
 
 
 def test_export_rules_are_planned_only_when_enabled(tmp_path):
