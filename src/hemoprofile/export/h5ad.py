@@ -88,7 +88,7 @@ def _matrix(which: str, columns: Sequence[str], chunk_rows: int, dtype, scale: C
 def _constant(field_name: str, chunk_rows: int) -> Chunks:
     def chunks(plan: SlidePlan) -> Iterator[np.ndarray]:
         value = plan.slide if field_name == "slide" else str(plan.inputs.sheet[field_name])
-        for start in range(0, plan.n_cells, chunk_rows):
+        for start in range(0, max(plan.n_cells, 1), chunk_rows):
             yield np.full(min(chunk_rows, plan.n_cells - start), value, dtype=object)
     return chunks
 

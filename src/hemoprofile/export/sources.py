@@ -167,7 +167,8 @@ def _same_rows(table: pq.ParquetFile, n: int, path, cells_path) -> None:
 
 
 def iter_columns(path: str | os.PathLike, columns: Sequence[str], chunk_rows: int) -> Iterator[pa.Table]:
-    """Yield ``columns`` of a parquet file in tables of exactly ``chunk_rows`` rows (the last may be shorter).
+    """Yield ``columns`` of a parquet file in tables of exactly ``chunk_rows`` rows (the last may be shorter;
+    an empty file gives one empty table).
 
     Reads one row group's batches at a time, so memory is bounded by a row group plus a chunk, whatever
     the file's size; equal chunking across files lets the caller zip tables with different row groups.
@@ -188,6 +189,8 @@ def iter_columns(path: str | os.PathLike, columns: Sequence[str], chunk_rows: in
             pending, held = rest.to_batches(), rest.num_rows
     if held:
         yield pa.Table.from_batches(pending)
+    elif reader.metadata.num_rows == 0:  # one empty table, so writers still see the columns' types
+        yield reader.schema_arrow.empty_table().select(list(columns))
 
 
 def check_aligned(plan: SlidePlan, chunk_rows: int) -> None:

@@ -117,7 +117,9 @@ def test_without_pixel_size_or_embedding_centroids_are_in_pixels_and_obsm_holds_
 
 def test_an_empty_slide_writes_a_readable_file(tmp_path):
     write_cells_h5ad([slide_inputs(tmp_path, "S1", 0)], tmp_path / "S1.h5ad")
-    assert ad.read_h5ad(tmp_path / "S1.h5ad").shape == (0, len(FEATURES))
+    adata = ad.read_h5ad(tmp_path / "S1.h5ad")
+    assert adata.shape == (0, len(FEATURES)) and adata.obsm["X_latent"].shape == (0, 8)
+    assert adata.obs["cell_id"].dtype == np.int64 and adata.obs["p_ctc_CTC"].dtype == np.float32
 
 
 def test_tables_of_other_runs_are_refused_naming_the_file(tmp_path):
