@@ -18,9 +18,11 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/patients.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:
     input:
         all_outputs(),
+        anndata_outputs(),
     default_target: True

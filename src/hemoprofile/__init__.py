@@ -15,4 +15,5 @@ STAGE_VERSIONS = {
     "embed": 2,
     "patients": 1,
     "report": 2,
+    "export": 1,
 }

@@ -274,3 +274,37 @@ def segmenter_dsb_index(wildcards):
             "masks/<id>.png, index.csv) in the config to train the segmentation model"
         )
     return f"{dsb_dir}/index.csv"
+
+
+# --- AnnData export (rules in export.smk) ---
+
+ANNDATA = config["anndata"]
+EXPORT_VERSION = stage_version("export")
+
+
+def anndata_outputs():
+    """The .h5ad files the workflow builds (none when anndata.enabled is false)."""
+    if not ANNDATA["enabled"]:
+        return []
+    outputs = expand(f"{RESULTS}/{{slide}}/cells.h5ad", slide=SLIDES) if ANNDATA["per_slide"] else []
+    if ANNDATA["cohort"]:
+        outputs.append(f"{COHORT}/cells.h5ad")
+    return outputs
+
+
+def export_sheet(slide):
+    """The sample-sheet fields that become obs columns: patient, condition, and batch where the sheet has one."""
+    row = sample(slide)
+    fields = {"patient": str(row["patient"]), "condition": str(row["condition"])}
+    batch = row.get("batch")
+    if batch is not None and not pd.isna(batch) and str(batch) != "":
+        fields["batch"] = str(batch)
+    return fields
+
+
+def export_inputs(slides):
+    return {
+        "cells": [f"{RESULTS}/{s}/cells.parquet" for s in slides],
+        "predictions": [f"{RESULTS}/{s}/predictions.parquet" for s in slides],
+        "embedding": [f"{RESULTS}/{s}/embedding.parquet" for s in slides],
+    }

@@ -18,6 +18,7 @@ from hemoprofile import __version__
 from hemoprofile.cli.annotation import ANNOTATION_SUBCOMMANDS
 from hemoprofile.cli.classify import add_classify_parser, add_train_classifier_parser
 from hemoprofile.cli.collection import add_ingest_collection_parser
+from hemoprofile.cli.export import add_export_h5ad_parser
 from hemoprofile.cli.segment import add_segment_parser
 from hemoprofile.cli.serve import add_serve_parser
 
@@ -29,6 +30,7 @@ SUBCOMMANDS: dict[str, Callable] = {
     "classify": add_classify_parser,
     "serve": add_serve_parser,
     **ANNOTATION_SUBCOMMANDS,
+    "export-h5ad": add_export_h5ad_parser,
 }
 
 
