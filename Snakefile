@@ -18,6 +18,7 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/patients.smk"
+include: "workflow/rules/collection.smk"
 
 
 rule all:

@@ -308,6 +308,11 @@ class _NothingIngested(ValueError):
     pass
 
 
+def collection_limits(settings: dict) -> CropLimits:
+    """The crop size limits of the config section ``collection`` (min_side_px, max_side_px, max_aspect)."""
+    return CropLimits(int(settings["min_side_px"]), int(settings["max_side_px"]), float(settings["max_aspect"]))
+
+
 def _note(say: Callable[[str], object], check: CropCheck) -> None:
     verb = "skipped" if check.status == SKIPPED else "converted"
     say(f"{verb} {check.path}" + (f" [{check.problem}]" if check.problem else "") + f": {check.details}")
