@@ -80,7 +80,7 @@ def _entries(folder: Path, listed_elsewhere: list[str]) -> Iterator[pd.DataFrame
             continue
         if p.suffix.lower() in IMAGE_SUFFIXES:
             files.append(p)
-        else:
+        elif p.name != ".snakemake_timestamp":  # Snakemake's marker in a directory() output, not data
             listed_elsewhere.append(str(p.relative_to(folder)))
     if not files:
         raise ValueError(f"{folder}: no labels.csv and no image files ({', '.join(IMAGE_SUFFIXES)})")

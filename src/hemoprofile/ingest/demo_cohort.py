@@ -5,7 +5,8 @@ Each patient is a folder of stained-smear crops re-sampled from a source collect
 around its condition's (``collection_demo.conditions``: a control differential and AML-like ones shifted
 towards immature granulocytes, monocytes and erythroblasts), its cells are drawn from that composition,
 and every cell is a randomly chosen source crop of its class under a random flip / 90° rotation, a
-per-patient stain shift (gain per RGB channel) and a small per-cell brightness jitter, saved as JPEG.
+per-patient stain shift (gain per RGB channel), a small per-cell brightness jitter and camera noise,
+saved as JPEG.
 The folder holds no labels (as a clinician's export would); ``truth.csv`` beside it lists each file's
 source class and crop. ``bad_files`` adds the kinds of junk real collections hold (an empty .jpg, a
 macOS ``.DS_Store`` saved as .jpg, a byte-identical duplicate) to some patients, so the demo exercises the
@@ -124,7 +125,10 @@ def write_demo_patient(demo_cfg: Mapping, row: Mapping, index: int, source: str 
         if rng.random() < 0.5:
             pixels = pixels[:, ::-1]
         gain = stain * rng.uniform(1 - demo_cfg["cell_jitter"], 1 + demo_cfg["cell_jitter"])
-        pixels = np.clip(pixels * gain, 0, 255).astype(np.uint8)
+        # camera noise (sigma 2 grey levels): with few source crops, two draws of one crop in one
+        # orientation with near-equal gains would otherwise be byte-identical files (duplicates)
+        noise = rng.normal(0.0, 2.0, size=pixels.shape).astype(np.float32)
+        pixels = np.clip(np.rint(pixels * gain + noise), 0, 255).astype(np.uint8)
         name = f"cell_{i + 1:05d}.jpg"
         Image.fromarray(np.ascontiguousarray(pixels)).save(out / name, quality=92)
         truth.append({"file": name, "class": cls, "source": str(src)})
