@@ -262,6 +262,7 @@ def report_inputs(wildcards):
     if COLLECTIONS:
         inputs["collection_cells"] = expand(f"{RESULTS}/{{slide}}/cells.parquet", slide=COLLECTIONS)
         inputs["collection_predictions"] = expand(f"{RESULTS}/{{slide}}/predictions.parquet", slide=COLLECTIONS)
+        inputs["collection_qc"] = expand(f"{RESULTS}/{{slide}}/qc.csv", slide=COLLECTIONS)
     if SLIDES:  # the latent space is the slides' (collections are not embedded)
         inputs["embedding_metrics"] = f"{EMBED_FIGURES}/metrics.json"
         inputs["clusters_by_condition"] = f"{EMBED_FIGURES}/clusters_by_condition.parquet"

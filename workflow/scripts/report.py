@@ -12,7 +12,8 @@ keys = {"image": "images", "preprocessed": "preprocessed", "labels": "labels", "
 slide_paths = {slide: {key: inputs[name][i] for key, name in keys.items()} for i, slide in enumerate(slides)}
 # single-cell collections: cells and predictions only (no image, segmentation or embedding)
 for i, row in enumerate(snakemake.params.get("collections", [])):
-    slide_paths[row] = {"cells": inputs.collection_cells[i], "predictions": inputs.collection_predictions[i]}
+    slide_paths[row] = {"cells": inputs.collection_cells[i], "predictions": inputs.collection_predictions[i],
+                        "qc": inputs.collection_qc[i]}
 result = build_report(
     ReportInputs(
         config=snakemake.params.config,

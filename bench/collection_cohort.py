@@ -20,7 +20,7 @@ the numbers are not comparable and the demo's are as easy or hard as that shift 
 
 Usage::
 
-    PYTHONPATH=src .venv/bin/python bench/collections.py [--results results/collections]
+    PYTHONPATH=src .venv/bin/python bench/collection_cohort.py [--results results/collections]
 """
 
 from __future__ import annotations
