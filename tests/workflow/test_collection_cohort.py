@@ -38,7 +38,7 @@ TINY_COLLECTIONS = {
 
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=600)
+    return subprocess.run(command, check=False, capture_output=True, text=True, cwd=workdir, timeout=600)
 
 
 def _write_config(workdir: Path, config: dict) -> None:

@@ -50,7 +50,15 @@ from skimage.transform import resize
 
 import hemoprofile
 from hemoprofile import io
-from hemoprofile.io.crops import CROP_SUFFIXES, PROBLEMS, SKIPPED, CropCheck, CropLimits, check_crop, match_channels
+from hemoprofile.io.crops import (
+    CROP_SUFFIXES,
+    PROBLEMS,
+    SKIPPED,
+    CropCheck,
+    CropLimits,
+    check_crop,
+    match_channels,
+)
 from hemoprofile.io.patches import PatchWriter, patch_attributes, to_patch_dtype
 
 IMAGE_SUFFIXES = CROP_SUFFIXES

@@ -184,7 +184,7 @@ def check_crop(path: str | os.PathLike, limits: CropLimits | None = None, name: 
             data = _read_pil(raw, check, limits)
             if data is None:
                 return check
-    except Exception as err:  # PIL and tifffile raise many types for broken files
+    except Exception as err:  # noqa: BLE001 -- PIL and tifffile raise many types for broken files
         text = str(err)
         truncated = "truncated" in text.lower() or "broken data stream" in text.lower()
         check.status, check.problem = SKIPPED, "truncated" if truncated else "unreadable"
