@@ -19,6 +19,7 @@ include: "workflow/rules/classify.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/patients.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/collection.smk"
 
 
 rule all:

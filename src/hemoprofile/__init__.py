@@ -11,6 +11,7 @@ STAGE_VERSIONS = {
     "preprocess": 2,
     "segment": 2,
     "extract": 2,
+    "ingest": 1,
     "classify": 1,
     "embed": 2,
     "patients": 1,

@@ -155,8 +155,9 @@ def map_labels(labels: Sequence, task: str) -> np.ndarray:
 
 # --- one cell type per cell --------------------------------------------------------------------------
 
-#: Preference order of the classification tasks that name a leukocyte's type (finest first).
-TYPE_TASKS = ("immune6", "hierarchical", "immune5", "lineage")
+#: Preference order of the classification tasks that name a leukocyte's type (finest first); a
+#: single-cell collection's classifier (task ``collection``, e.g. the bundled 8-class PBC model) last.
+TYPE_TASKS = ("immune6", "hierarchical", "immune5", "lineage", COLLECTION)
 
 
 def cell_type_names(tasks: Sequence[str]) -> list[str]:
@@ -167,7 +168,7 @@ def cell_type_names(tasks: Sequence[str]) -> list[str]:
     >>> cell_type_names(["lineage", "immune5", "ctc"])
     ['T', 'B', 'NK', 'granulocyte', 'monocyte', 'CTC']
     """
-    task = next((t for t in TYPE_TASKS if t in tasks), None)
+    task = next((t for t in TYPE_TASKS if t in tasks and t != COLLECTION), None)  # collection: the model's classes
     names = [] if task is None else task_classes("immune6" if task == HIERARCHICAL else task)
     return names + ([CTC] if "ctc" in tasks else [])
 

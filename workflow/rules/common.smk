@@ -7,11 +7,14 @@ import pandas as pd
 import hemoprofile
 import hemoprofile.models
 from hemoprofile.simulate import plan_cohort
+from hemoprofile.ingest.demo_cohort import plan_collection_cohort
 from hemoprofile.vocabulary import cell_type_names
 from hemoprofile.config import (
     ConfigError,
     channel_list,
+    check_collection_models,
     check_sample_channels,
+    collection_modality,
     read_sample_sheet,
     validate_config,
     validate_sample_sheet,
@@ -53,6 +56,12 @@ RESULTS = config["results"]
 SYNTHETIC = config["synthetic"]["enabled"]
 SYNTHETIC_DIR = f"{RESULTS}/synthetic"
 
+# The generated collection cohort (config/collections.yaml; rules in collection.smk).
+COLLECTION_DEMO = config["collection_demo"]["enabled"]
+COLLECTION_DEMO_DIR = f"{RESULTS}/collection_demo"
+if SYNTHETIC and COLLECTION_DEMO:
+    raise WorkflowError("synthetic.enabled and collection_demo.enabled are both true; enable one cohort generator")
+
 try:
     if SYNTHETIC:
         SAMPLES = validate_sample_sheet(
@@ -60,17 +69,30 @@ try:
             source="synthetic cohort plan",
             check_paths=False,
         )
+    elif COLLECTION_DEMO:
+        SAMPLES = validate_sample_sheet(
+            plan_collection_cohort(config["collection_demo"], COLLECTION_DEMO_DIR),
+            source="collection demo plan",
+            check_paths=False,
+        )
     else:
         SAMPLES = read_sample_sheet(config["samples"])
-    check_sample_channels(SAMPLES, config, "synthetic cohort plan" if SYNTHETIC else config["samples"])
+    SHEET_NAME = "synthetic cohort plan" if SYNTHETIC else "collection demo plan" if COLLECTION_DEMO else config["samples"]
+    check_sample_channels(SAMPLES, config, SHEET_NAME)
+    check_collection_models(SAMPLES, config, SHEET_NAME)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
-SLIDES = list(SAMPLES.index)
+# ROWS: every sample-sheet row. COLLECTIONS: rows with source 'collection' (folders of single-cell crops:
+# ingested and classified in collection.smk, then aggregated with the slides). SLIDES: the image slides,
+# the only rows the image stages (tile ... extract, embed, classifier training) see.
+ROWS = list(SAMPLES.index)
+COLLECTIONS = [s for s in ROWS if SAMPLES.loc[s, "source"] == "collection"]
+SLIDES = [s for s in ROWS if s not in COLLECTIONS]
 
 
 wildcard_constraints:
-    slide="|".join(SLIDES),
+    slide="|".join(ROWS),
 
 
 def synthetic_slide_output():
@@ -144,8 +166,8 @@ def classifier_outputs():
     """Metrics of every task the workflow trains, and every slide's predictions (for rule all)."""
     outputs = [
         f"{RESULTS}/models/classifier_{task}.metrics.json" for task in CLASSIFY_TASKS if not CLASSIFY["models"].get(task)
-    ]
-    return outputs + expand(f"{RESULTS}/{{slide}}/predictions.parquet", slide=SLIDES)
+    ] if SLIDES else []  # a cohort of collections only trains no slide classifier
+    return outputs + expand(f"{RESULTS}/{{slide}}/predictions.parquet", slide=ROWS)
 
 
 # --- unsupervised latent space (rules in embed.smk) ---
@@ -206,16 +228,26 @@ def patient_model_file():
 
 
 def patient_cell_types():
-    """The cell types the patient table counts: the finest immune task's classes (+ CTC with a ctc task)."""
-    return cell_type_names(CLASSIFY_TASKS)
+    """The cell types the patient table counts for slides: the finest immune task's classes (+ CTC with a
+    ctc task); none without slides. Collection rows add their classifier's classes (aggregate reads them
+    from predictions.parquet)."""
+    return cell_type_names(CLASSIFY_TASKS) if SLIDES else []
 
 
 def patient_slide_inputs(wildcards):
+    """Every row's cells and predictions (slides and collections); the slides' embeddings."""
     return {
-        "cells": expand(f"{RESULTS}/{{slide}}/cells.parquet", slide=SLIDES),
-        "predictions": expand(f"{RESULTS}/{{slide}}/predictions.parquet", slide=SLIDES),
+        "cells": expand(f"{RESULTS}/{{slide}}/cells.parquet", slide=ROWS),
+        "predictions": expand(f"{RESULTS}/{{slide}}/predictions.parquet", slide=ROWS),
         "embeddings": expand(f"{RESULTS}/{{slide}}/embedding.parquet", slide=SLIDES),
     }
+
+
+def aggregate_samples():
+    """The sheet columns aggregate_patients reads: slide, patient, condition, source, modality."""
+    table = SAMPLES.reset_index(drop=True)
+    modality = [collection_modality(row, config) if row["source"] == "collection" else "" for _, row in table.iterrows()]
+    return {**table[["slide", "patient", "condition", "source"]].to_dict(orient="list"), "modality": modality}
 
 
 def report_inputs(wildcards):
@@ -224,12 +256,10 @@ def report_inputs(wildcards):
         "patients": f"{COHORT}/patients.parquet",
         "patient_columns": f"{COHORT}/patients_columns.tsv",
         "patient_predictions": f"{COHORT}/patient_predictions.parquet",
-        "embedding_metrics": f"{EMBED_FIGURES}/metrics.json",
-        "clusters_by_condition": f"{EMBED_FIGURES}/clusters_by_condition.parquet",
-        "embedding_figures": list(embedding_figure_outputs().values()),
+        "embedding_figures": list(embedding_figure_outputs().values()) if SLIDES else [],
         "classifier_metrics": [
             f"{RESULTS}/models/classifier_{task}.metrics.json" for task in CLASSIFY_TASKS if not CLASSIFY["models"].get(task)
-        ],
+        ] if SLIDES else [],
         **{
             key: expand(f"{RESULTS}/{{slide}}/{name}", slide=SLIDES)
             for key, name in (
@@ -245,6 +275,13 @@ def report_inputs(wildcards):
             "patient_oof": f"{PATIENT_MODEL_DIR}/oof_predictions.parquet",
             "patient_importances": f"{PATIENT_MODEL_DIR}/importances.parquet",
         })
+    if COLLECTIONS:
+        inputs["collection_cells"] = expand(f"{RESULTS}/{{slide}}/cells.parquet", slide=COLLECTIONS)
+        inputs["collection_predictions"] = expand(f"{RESULTS}/{{slide}}/predictions.parquet", slide=COLLECTIONS)
+        inputs["collection_qc"] = expand(f"{RESULTS}/{{slide}}/qc.csv", slide=COLLECTIONS)
+    if SLIDES:  # the latent space is the slides' (collections are not embedded)
+        inputs["embedding_metrics"] = f"{EMBED_FIGURES}/metrics.json"
+        inputs["clusters_by_condition"] = f"{EMBED_FIGURES}/clusters_by_condition.parquet"
     if SYNTHETIC:
         inputs["truth_cells"] = f"{SYNTHETIC_DIR}/truth_cells.parquet"
     return inputs
@@ -255,14 +292,36 @@ def all_outputs():
     outputs += expand(f"{RESULTS}/{{slide}}/labels.zarr", slide=SLIDES)
     for name in ("cells.parquet", "patches.zarr", "clusters.parquet"):
         outputs += expand(f"{RESULTS}/{{slide}}/{name}", slide=SLIDES)
+    outputs += collection_outputs()
     outputs += classifier_outputs()
     outputs += expand(f"{RESULTS}/{{slide}}/embedding.parquet", slide=SLIDES)
-    outputs += [f"{RESULTS}/models/embedder.metrics.json", f"{EMBED_FIGURES}/metrics.json",
-                f"{EMBED_FIGURES}/clusters_by_condition.parquet"]
+    if SLIDES:
+        outputs += [f"{RESULTS}/models/embedder.metrics.json", f"{EMBED_FIGURES}/metrics.json",
+                    f"{EMBED_FIGURES}/clusters_by_condition.parquet"]
     if SYNTHETIC:
         outputs.append(f"{SYNTHETIC_DIR}/truth_cells.parquet")
+    if COLLECTION_DEMO:
+        outputs.append(f"{COLLECTION_DEMO_DIR}/samples.tsv")
     outputs += [f"{COHORT}/patients.parquet", f"{COHORT}/patient_predictions.parquet", f"{COHORT}/report.html"]
     return outputs
+
+
+# --- single-cell collections (rules in collection.smk) ---
+
+COLLECTION = config["collection"]
+COLLECTION_VERSION = stage_version("ingest")
+COLLECTION["models"] = {m: checkout_path(p) for m, p in COLLECTION["models"].items()}
+config["collection_demo"]["source"] = checkout_path(config["collection_demo"]["source"])
+
+
+def collection_model(wildcards):
+    """The classifier file of a collection row's modality (collection.models)."""
+    return model_input(COLLECTION["models"][collection_modality(sample(wildcards.slide), config)], "collection.models")
+
+
+def collection_outputs():
+    """Every collection's ingested cells, patches and QC table."""
+    return [f"{RESULTS}/{row}/{name}" for row in COLLECTIONS for name in ("cells.parquet", "patches.zarr", "qc.csv")]
 
 
 def segmenter_dsb_index(wildcards):
@@ -283,8 +342,9 @@ EXPORT_VERSION = stage_version("export")
 
 
 def anndata_outputs():
-    """The .h5ad files the workflow builds (none when anndata.enabled is false)."""
-    if not ANNDATA["enabled"]:
+    """The .h5ad files the workflow builds (none when anndata.enabled is false, or when the cohort has no
+    image slides: collections have no per-cell features to export)."""
+    if not ANNDATA["enabled"] or not SLIDES:
         return []
     outputs = expand(f"{RESULTS}/{{slide}}/cells.h5ad", slide=SLIDES) if ANNDATA["per_slide"] else []
     if ANNDATA["cohort"]:

@@ -14,7 +14,8 @@ rule aggregate_patients:
         table=report(f"{COHORT}/patients.parquet", category="Patients", caption="../report/patients.rst"),
         columns=f"{COHORT}/patients_columns.tsv",
     params:
-        samples=SAMPLES.reset_index(drop=True)[["slide", "patient", "condition"]].to_dict(orient="list"),
+        samples=aggregate_samples(),
+        embedded=SLIDES,
         cell_types=patient_cell_types(),
         version=PATIENTS_VERSION,
     log:
@@ -89,6 +90,7 @@ rule report:
         config=config,
         samples=SAMPLES.reset_index(drop=True).to_dict(orient="list"),
         slides=SLIDES,
+        collections=COLLECTIONS,
         tasks=[task for task in CLASSIFY_TASKS if not CLASSIFY["models"].get(task)],
         figure_keys=list(embedding_figure_outputs()),
         benchmarks=f"{RESULTS}/benchmarks",

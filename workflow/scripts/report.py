@@ -10,13 +10,17 @@ slides = list(snakemake.params.slides)
 keys = {"image": "images", "preprocessed": "preprocessed", "labels": "labels", "cells": "cells",
         "predictions": "predictions", "clusters": "clusters", "patches": "patches", "embedding": "embeddings"}
 slide_paths = {slide: {key: inputs[name][i] for key, name in keys.items()} for i, slide in enumerate(slides)}
+# single-cell collections: cells and predictions only (no image, segmentation or embedding)
+for i, row in enumerate(snakemake.params.get("collections", [])):
+    slide_paths[row] = {"cells": inputs.collection_cells[i], "predictions": inputs.collection_predictions[i],
+                        "qc": inputs.collection_qc[i]}
 result = build_report(
     ReportInputs(
         config=snakemake.params.config,
         samples=pd.DataFrame(snakemake.params.samples),
         slides=slide_paths,
         classifier_metrics=dict(zip(snakemake.params.tasks, inputs.classifier_metrics)),
-        embedding_metrics=inputs.embedding_metrics,
+        embedding_metrics=inputs.get("embedding_metrics"),
         embedding_figures=dict(zip(snakemake.params.figure_keys, inputs.embedding_figures)),
         clusters_by_condition=inputs.get("clusters_by_condition"),
         patients=inputs.patients,

@@ -4,6 +4,8 @@ over, a folder of single-cell crops. The parsers import nothing heavy; torch loa
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,28 +18,38 @@ CLI_PATCH_SIZE = 112
 CLI_CROP_MARGIN = 8
 
 
-def _ingest(folder: Path, work: Path, patch_size: int, progress: Callable[[str], None]) -> tuple[Path, Path]:
-    """Ingest a collection folder (:func:`hemoprofile.ingest.collection.ingest_collection`); return (cells, patches).
+def _ingest(folder: Path, work: Path, patch_size: int, progress: Callable[[str], None]) -> tuple[Path, Path, dict]:
+    """Ingest a collection folder (:func:`hemoprofile.ingest.collection.ingest_collection`); return (cells,
+    patches, QC counts). Unusable files are skipped and listed in ``work/qc.csv``, never fatal, unless
+    none can be used.
 
     An earlier ingestion in ``work`` at the same patch size is reused (``--work`` keeps it between runs).
     """
-    from hemoprofile.ingest.collection import ingest_collection
+    import pandas as pd
+
+    from hemoprofile.ingest.collection import ingest_collection, qc_summary
     from hemoprofile.io.patches import open_patch_array
 
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"collection folder not found: {folder}")
-    cells, patches = work / "cells.parquet", work / "patches.zarr"
-    if cells.exists() and patches.exists():
+    cells, patches, qc = work / "cells.parquet", work / "patches.zarr", work / "qc.csv"
+    if cells.exists() and patches.exists() and qc.exists():
         try:
             array, _, meta = open_patch_array(patches)
             if int(array.shape[-1]) == int(patch_size) and meta.get("source") == str(folder):
                 progress(f"reusing {patches} ({array.shape[0]} cells)")
-                return cells, patches
+                rows = pd.read_csv(qc, dtype=str, keep_default_na=False).to_dict(orient="records")
+                return cells, patches, {**qc_summary(rows), "qc": str(qc)}
         except ValueError:
             pass
     work.mkdir(parents=True, exist_ok=True)
-    ingest_collection(folder, cells, patches, int(patch_size), progress=progress)
-    return cells, patches
+
+    def quiet_counts(message):  # per-file messages and the summary; not the running crop count
+        if " crops of " not in message or " ingested from " in message:
+            progress(message)
+
+    summary = ingest_collection(folder, cells, patches, int(patch_size), out_qc=qc, progress=quiet_counts)
+    return cells, patches, summary
 
 
 def _work_dir(args, tag: str):
@@ -165,7 +177,7 @@ def train_classifier_command(args) -> int:
     }
     metrics_path = args.metrics or args.out.with_name(args.out.stem + ".metrics.json")
     with _work_dir(args, "train") as work:
-        cells, patches = _ingest(args.collection, work, size, progress)
+        cells, patches, _ = _ingest(args.collection, work, size, progress)
         device = pick_device(args.device, threads=args.threads)
         progress(f"device: {device.description}")
         data = load_training_cells([SlideInput(args.collection.name, str(cells), str(patches))], "collection",
@@ -194,6 +206,10 @@ def add_classify_parser(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="CSV")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8))
+    p.add_argument("--qc", type=Path, default=None, metavar="QC_CSV",
+                   help="the per-file QC table (ok / converted / skipped and why; default: CSV with .qc.csv)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when any file was skipped (default: skip, list, summarise, exit 0)")
     _add_run_options(p)
 
 
@@ -215,7 +231,10 @@ def classify_command(args) -> int:
     clf = load_classifier(args.model)
     device = pick_device(args.device, threads=args.threads)
     with _work_dir(args, "classify") as work:
-        cells_path, patches_path = _ingest(args.collection, work, clf.patch_size, progress)
+        cells_path, patches_path, qc = _ingest(args.collection, work, clf.patch_size, progress)
+        qc_out = getattr(args, "qc", None) or args.out.with_name(args.out.name.removesuffix(".csv") + ".qc.csv")
+        with atomic_output(qc_out) as tmp:
+            shutil.copyfile(qc["qc"], tmp)
         cells = read_cells(cells_path)
         array, channels, _ = open_patch_array(patches_path)
         index = channel_index(clf.channels, channels, f"{args.model} on {args.collection}")
@@ -244,4 +263,10 @@ def classify_command(args) -> int:
             progress(f"against labels.csv: accuracy {m['accuracy']:.4f}, balanced accuracy "
                      f"{m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {m['n']} labelled cells")
             progress(format_confusion(m))
+    skipped = ", ".join(f"{k} {v}" for k, v in qc["problems"].items())
+    progress(f"files: {qc['n_files']} ({qc['n_ok']} ok, {qc['n_converted']} converted, {qc['n_skipped']} skipped"
+             + (f": {skipped}" if skipped else "") + f"); QC table {qc_out}")
+    if getattr(args, "strict", False) and qc["n_skipped"]:
+        print(f"hemoprofile classify: --strict: {qc['n_skipped']} file(s) skipped", file=sys.stderr)
+        return 1
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 INGEST_COLLECTION_EXAMPLES = """\
@@ -35,11 +36,17 @@ def add_ingest_collection_parser(subparsers) -> None:
                         help="stretch crops to P x P (default: keep the aspect ratio, pad with edge pixels)")
     parser.add_argument("--channel-names", default=None, help="comma-separated channel names (default R,G,B / gray)")
     parser.add_argument("--limit", type=int, default=None, help="ingest only the first N crops")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 1 when any file was skipped (default: skip, list in OUT_DIR/qc.csv, "
+                             "summarise, exit 0)")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary, not one line per bad file")
     parser.set_defaults(func=run_ingest_collection)
 
 
 def run_ingest_collection(args) -> int:
-    """Run ``ingest-collection`` from parsed arguments; print a summary line; return the exit status 0."""
+    """Run ``ingest-collection`` from parsed arguments: one message per skipped or converted file, a
+    summary line, and the QC table in ``OUT_DIR/qc.csv``. Returns 0, or 1 with ``--strict`` when a
+    file was skipped; a folder none of whose files can be used raises ValueError (status 1 from main)."""
     from hemoprofile.ingest.collection import ingest_collection
 
     out_dir = Path(args.out_dir)
@@ -47,8 +54,16 @@ def run_ingest_collection(args) -> int:
         args.folder, out_dir / "cells.parquet", out_dir / "patches.zarr", args.patch_size, args.dtype,
         name=args.name, keep_aspect=not args.stretch,
         channel_names=args.channel_names.split(",") if args.channel_names else None, limit=args.limit,
-        progress=None,
+        out_qc=out_dir / "qc.csv", progress=None if getattr(args, "quiet", False) else _bad_files_only,
     )
-    print(f"{summary['name']}: {summary['n_cells']} crops of {len(summary['labels'])} labels -> {out_dir} "
-          f"({summary['seconds']:.1f} s)")
+    print(f"{summary['summary']} -> {out_dir}")
+    if getattr(args, "strict", False) and summary["n_skipped"]:
+        print(f"hemoprofile ingest-collection: --strict: {summary['n_skipped']} file(s) skipped", file=sys.stderr)
+        return 1
     return 0
+
+
+def _bad_files_only(message: str) -> None:
+    """Progress printer that shows the per-file messages (skipped / converted), not the crop counts."""
+    if ": skipped " in message or ": converted " in message:
+        print(message, flush=True)

@@ -10,7 +10,9 @@ from hemoprofile.config.validation import (
     SCHEMA_DIR,
     ConfigError,
     channel_list,
+    check_collection_models,
     check_sample_channels,
+    collection_modality,
     config_defaults,
     load_config,
     load_schema,
@@ -22,6 +24,6 @@ from hemoprofile.config.validation import (
 
 __all__ = [
     "SAMPLE_COLUMNS_FLOAT", "SAMPLE_COLUMNS_INT", "SCHEMA_DIR", "ConfigError", "channel_list",
-    "check_sample_channels", "config_defaults", "config_reference_markdown", "load_config", "load_schema",
+    "check_collection_models", "check_sample_channels", "collection_modality", "config_defaults", "config_reference_markdown", "load_config", "load_schema",
     "read_sample_sheet", "schema_key_rows", "section_defaults", "validate_config", "validate_sample_sheet",
 ]

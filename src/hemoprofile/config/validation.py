@@ -164,9 +164,10 @@ def validate_sample_sheet(
     schema_path: str | os.PathLike | None = None,
     check_paths: bool = True,
 ) -> pd.DataFrame:
-    """Validate a sample sheet (one row per slide) and return it indexed by slide.
+    """Validate a sample sheet (one row per slide or single-cell collection) and return it indexed by slide.
 
-    Checks every row against samples.schema.yaml (an empty required cell is named as such), that slide
+    A row with ``source: collection`` names a folder of single-cell crops (``path``) instead of a slide
+    and needs no ``format`` or ``channels``; ``source`` defaults to ``slide``. Checks every row against samples.schema.yaml (an empty required cell is named as such), that slide
     names and paths are unique (a slide listed twice would be counted twice for its patient), that a
     row's channel names are unique, that frame folders give their grid, and (``check_paths``) that
     every path exists. Relative paths are kept as given.
@@ -200,6 +201,12 @@ def validate_sample_sheet(
             problems.append(f"row {number} ({clean.get('slide')}): format 'frames' needs frame_rows and frame_cols")
         if check_paths and "path" in clean and not Path(clean["path"]).exists():
             problems.append(f"row {number} ({clean.get('slide')}): path {clean['path']!r} does not exist")
+        elif check_paths and clean.get("source") == "collection" and not Path(clean["path"]).is_dir():
+            problems.append(f"row {number} ({clean.get('slide')}): source 'collection' needs a folder of "
+                            f"single-cell images, but {clean['path']!r} is a file")
+        if clean.get("source", "slide") != "collection" and "modality" in clean:
+            problems.append(f"row {number} ({clean.get('slide')}): 'modality' is for source 'collection' rows only")
+        clean.setdefault("source", "slide")
         clean.setdefault("batch", clean.get("slide"))
         rows.append(clean)
     table = pd.DataFrame(rows)
@@ -225,7 +232,8 @@ def check_sample_channels(samples: pd.DataFrame, config: Mapping, source: str = 
     the preprocess, segment or extract job, after the slides were tiled; and a slide listing its
     channels in another order would fail only when the cohort's classifier or embedder is trained.
 
-    Checks, for every slide of ``samples`` (a validated sheet): the segmentation channels
+    Checks, for every slide of ``samples`` (a validated sheet; collection rows are not slides and are
+    passed over): the segmentation channels
     (``segment.channels``) and every ``preprocess.channels`` override name one of its channels; every
     gating feature (``gating.gates``, when gating is enabled) is a cells.parquet column for its channels;
     and all slides list the same channels in the same order (patches of a cohort share one layout).
@@ -251,6 +259,8 @@ def check_sample_channels(samples: pd.DataFrame, config: Mapping, source: str = 
     problems: dict[str, list[str]] = {}  # problem -> slides
     layouts: dict[tuple[str, ...], list[str]] = {}
     for slide, row in samples.iterrows():
+        if row.get("source") == "collection":  # crops: their channels come from the images
+            continue
         channels = channel_list(row["channels"])
         layouts.setdefault(tuple(channels), []).append(str(slide))
         for key, names in wanted.items():
@@ -271,6 +281,33 @@ def check_sample_channels(samples: pd.DataFrame, config: Mapping, source: str = 
                      "channel layout, so every slide must hold the same channels in the same order")
     if lines:
         raise ConfigError(f"{source}: channel names do not fit the configuration:\n  " + "\n  ".join(lines))
+
+
+def collection_modality(row: Mapping, config: Mapping) -> str:
+    """The modality of a ``source: collection`` row: its ``modality`` cell, else
+    ``collection.default_modality``."""
+    value = row.get("modality")
+    return str(value) if isinstance(value, str) and value.strip() else str(config["collection"]["default_modality"])
+
+
+def check_collection_models(samples: pd.DataFrame, config: Mapping, source: str = "sample sheet") -> None:
+    """Check that every collection row's modality names a classifier in ``collection.models``.
+
+    Raises
+    ------
+    ConfigError naming ``source``, the rows and the modalities without a model.
+    """
+    models = config["collection"]["models"]
+    unknown: dict[str, list[str]] = {}
+    for slide, row in samples.iterrows():
+        if row.get("source") == "collection":
+            modality = collection_modality(row, config)
+            if modality not in models:
+                unknown.setdefault(modality, []).append(str(slide))
+    if unknown:
+        lines = [f"row(s) {_slide_list(rows)}: modality {m!r} has no classifier in collection.models "
+                 f"(known: {', '.join(models) or 'none'})" for m, rows in unknown.items()]
+        raise ConfigError(f"{source}: collection rows without a model:\n  " + "\n  ".join(lines))
 
 
 def _slide_list(slides: list[str], most: int = 5) -> str:

@@ -17,6 +17,13 @@ next to the table as ``patients_columns.tsv`` and into the parquet schema's fiel
   nuclear ratio, marker intensities), ``<feature>__<type>``; NaN where the patient has no such cell;
 * latent space: ``frac_latent_<k>``, the fraction of the patient's cells in latent cluster ``k``.
 
+Single-cell collections (sample-sheet rows with ``source: collection``, :mod:`hemoprofile.ingest.collection`)
+aggregate the same way: their cell types are the classes of the collection classifier (e.g. the 8 PBC
+classes), their cells.parquet has no morphology or cluster columns (those columns are NaN / 0 for them),
+and fractions are of all classified cells. A table whose samples carry ``source`` has a ``modality``
+column: ``slide`` for slides, the row's ``modality`` (e.g. ``smear``) for collections; a patient's
+features come from its own modality, and one patient may not mix modalities.
+
 Cells are pooled over a patient's slides before any median or fraction, so a patient with two slides
 weighs each cell once. A slide with no cells contributes nothing but is counted in ``n_slides`` and
 listed in the returned notes (the report shows them).
@@ -24,6 +31,7 @@ listed in the returned notes (the report shows them).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -54,6 +62,8 @@ MIN_CLUSTER_SIZE = 2
 def _slide_cells(slide: str, files: Mapping[str, str]) -> tuple[pd.DataFrame, str]:
     """One slide's cells with their predicted type, latent cluster and cell-cluster id."""
     cells = read_table(files["cells"], ["cell_id", "cluster_id", *MORPHOLOGY_FEATURES])
+    if "cluster_id" not in cells:  # a collection: one crop per cell, no touching cells
+        cells["cluster_id"] = np.full(len(cells), -1, np.int64)
     predictions = read_table(files["predictions"])
     if len(cells) != len(predictions) or not np.array_equal(cells["cell_id"], predictions["cell_id"]):
         raise ValueError(
@@ -118,24 +128,38 @@ def aggregate_patients(
     missing = [s for s in samples["slide"] if s not in slide_files]
     if missing:
         raise ValueError(f"no files given for slide(s) {missing}")
+    modality = sample_modalities(samples)
     notes: list[str] = []
-    per_slide, tasks = [], set()
+    per_slide, tasks = [], {}
+    collection_types: list[str] = []
     for i, slide in enumerate(samples["slide"]):
         cells, task = _slide_cells(str(slide), slide_files[slide])
+        kind = modality.get(str(slide), "slide")
         if len(cells) == 0:
             notes.append(f"slide {slide}: no cells (it counts in n_slides and adds nothing else)")
         else:
-            tasks.add(task)
+            tasks.setdefault(kind, set()).add(task)
+        if kind != "slide":
+            collection_types += [c for c in _prediction_classes(slide_files[slide]["predictions"])
+                                 if c not in collection_types]
         per_slide.append(cells)
         if progress:
             progress(f"read slide {slide} ({i + 1}/{len(samples)}, {len(cells)} cells)")
-    if len(tasks) > 1:
-        raise ValueError(f"slides were classified with different cell-type tasks {sorted(tasks)}; rerun classify")
-    if tasks:
-        notes.append(f"cell types come from the '{tasks.pop()}' classifier (CTC from 'ctc' where present)")
+    for kind, found in sorted(tasks.items()):
+        if len(found) > 1:
+            raise ValueError(f"{kind} rows were classified with different cell-type tasks {sorted(found)}; "
+                             "rerun classify")
+        where = "" if set(tasks) == {"slide"} else f" for {kind} rows"
+        notes.append(f"cell types{where} come from the '{found.pop()}' classifier"
+                     + (" (CTC from 'ctc' where present)" if kind == "slide" else ""))
     all_cells = pd.concat(per_slide, ignore_index=True)
-    types = list(cell_type_names) if cell_type_names is not None else sorted(
-        {t for t in all_cells["cell_type"] if t != CTC}) + [CTC]
+    has_slides = any(modality.get(str(s), "slide") == "slide" for s in samples["slide"])
+    if cell_type_names is not None:
+        types = list(cell_type_names) if has_slides else []
+        types += [t for t in collection_types if t not in types]
+    else:
+        types = sorted({t for t in all_cells["cell_type"] if t != CTC}) + [CTC]
+    morphology = [f for f in MORPHOLOGY_FEATURES if f in all_cells.columns]
     if latent_clusters is None and "latent_cluster" in all_cells and len(all_cells):
         latent_clusters = int(all_cells["latent_cluster"].max()) + 1
 
@@ -147,14 +171,45 @@ def aggregate_patients(
         if len(conditions) > 1:
             raise ValueError(f"patient {patient}: slides disagree on the condition ({', '.join(conditions)})")
         cells = all_cells[all_cells["patient"] == patient]
-        row = _patient_row(cells, types, latent_clusters)
-        rows.append({"patient": patient, "condition": conditions[0], "n_slides": len(sheet), **row})
+        row = _patient_row(cells, types, latent_clusters, morphology)
+        kinds = sorted({modality.get(str(s), "slide") for s in sheet["slide"]})
+        if len(kinds) > 1:
+            raise ValueError(f"patient {patient}: rows of different modalities ({', '.join(kinds)}); a patient's "
+                             "features come from one modality, so give each modality its own patient id")
+        ident = {"patient": patient, "condition": conditions[0]}
+        if modality:
+            ident["modality"] = kinds[0]
+        rows.append({**ident, "n_slides": len(sheet), **row})
     table = pd.DataFrame(rows)
-    order = list(column_descriptions(types, latent_clusters))
+    order = list(column_descriptions(types, latent_clusters, morphology))
     return table[[c for c in order if c in table]], notes
 
 
-def _patient_row(cells: pd.DataFrame, types: Sequence[str], latent_clusters: int | None) -> dict:
+def sample_modalities(samples: pd.DataFrame) -> dict[str, str]:
+    """Slide -> modality (``slide``, or a collection row's ``modality``, default ``smear``); empty when the
+    sheet has no ``source`` column (a slides-only table keeps its columns)."""
+    if "source" not in samples:
+        return {}
+    out = {}
+    for i, slide in enumerate(samples["slide"].astype(str)):
+        source = str(samples["source"].iloc[i])
+        if source == "collection":
+            value = samples["modality"].iloc[i] if "modality" in samples else None
+            out[slide] = str(value) if isinstance(value, str) and value else "smear"
+        else:
+            out[slide] = "slide"
+    return out
+
+
+def _prediction_classes(path: str) -> list[str]:
+    """The classes of a collection's classifier, from its predictions.parquet metadata (the model's)."""
+    meta = pq.read_schema(path).metadata or {}
+    models = json.loads(meta.get(b"hemoprofile", b"{}")).get("models", {})
+    return [str(c) for m in models.values() if m.get("classes") for c in m["classes"]]
+
+
+def _patient_row(cells: pd.DataFrame, types: Sequence[str], latent_clusters: int | None,
+                 morphology: Sequence[str] = tuple(MORPHOLOGY_FEATURES)) -> dict:
     n_cells = len(cells)
     is_ctc = (cells["cell_type"] == CTC).to_numpy()
     n_ctc = int(is_ctc.sum())
@@ -173,22 +228,27 @@ def _patient_row(cells: pd.DataFrame, types: Sequence[str], latent_clusters: int
     row["cell_clusters_per_1000"] = 1000.0 * clusters["cell_clusters"] / n_cells if n_cells else np.nan
     row["ctc_leukocyte_clusters"] = clusters["ctc_leukocyte_clusters"]
     row["ctc_in_clusters_fraction"] = clusters["ctc_in_mixed_clusters"] / n_ctc if n_ctc else np.nan
-    for feature in MORPHOLOGY_FEATURES:
+    for feature in morphology:
         by_type = cells.groupby("cell_type")[feature].median() if feature in cells else pd.Series(dtype=float)
         for t in types:
             row[f"{feature}__{t}"] = float(by_type.get(t, np.nan))
     if latent_clusters:
         latent = cells["latent_cluster"].value_counts() if "latent_cluster" in cells else pd.Series(dtype=float)
+        embedded = bool(latent.sum())  # a collection patient in a mixed cohort has no latent space: NaN
         for k in range(latent_clusters):
-            row[f"frac_latent_{k}"] = float(latent.get(k, 0)) / n_cells if n_cells else np.nan
+            row[f"frac_latent_{k}"] = float(latent.get(k, 0)) / n_cells if n_cells and embedded else np.nan
     return row
 
 
-def column_descriptions(types: Sequence[str], latent_clusters: int | None) -> dict[str, str]:
-    """Column -> description of the patient table, in the table's column order."""
+def column_descriptions(types: Sequence[str], latent_clusters: int | None,
+                        morphology: Sequence[str] | None = None) -> dict[str, str]:
+    """Column -> description of the patient table, in the table's column order (``morphology``: the
+    :data:`MORPHOLOGY_FEATURES` the table has, default all)."""
     docs = {
         "patient": "patient id (sample sheet)",
         "condition": "condition from the sample sheet ('unknown' or empty: unlabelled, scored by predict)",
+        "modality": "where the patient's cells come from: 'slide' (segmented from slide images) or a "
+                    "single-cell collection's modality (e.g. 'smear': stained-smear crops)",
         "n_slides": "number of the patient's slides",
         "n_cells": "segmented cells over all the patient's slides",
         "n_leukocytes": "cells not predicted CTC",
@@ -207,11 +267,22 @@ def column_descriptions(types: Sequence[str], latent_clusters: int | None) -> di
         "ctc_in_clusters_fraction": "fraction of predicted CTCs that sit in a CTC-leukocyte cluster",
     })
     for feature, meaning in MORPHOLOGY_FEATURES.items():
+        if morphology is not None and feature not in morphology:
+            continue
         for t in types:
             docs[f"{feature}__{t}"] = f"median {meaning}, over cells predicted {t} (NaN: none)"
     for k in range(latent_clusters or 0):
         docs[f"frac_latent_{k}"] = f"fraction of the patient's cells in latent cluster {k} (embedding.parquet)"
     return docs
+
+
+def table_descriptions(table: pd.DataFrame) -> dict[str, str]:
+    """:func:`column_descriptions` for the columns an aggregated table has (its cell types from the
+    ``count_`` columns, its latent clusters and morphology features from theirs)."""
+    types = [c[len("count_"):] for c in table.columns if c.startswith("count_")]
+    latent = sum(c.startswith("frac_latent_") for c in table.columns)
+    morphology = [f for f in MORPHOLOGY_FEATURES if any(c.startswith(f"{f}__") for c in table.columns)]
+    return column_descriptions(types, latent, morphology)
 
 
 def write_patient_table(table: pd.DataFrame, descriptions: Mapping[str, str], parquet_path, tsv_path) -> None:

@@ -61,11 +61,13 @@ def test_multichannel_tiffs_and_patient_column(tmp_path):
     patches, _, attrs = open_patch_array(tmp_path / "p.zarr")
     assert patches.shape == (5, 4, 16, 16) and attrs["channel_names"] == ["DAPI", "CK", "VIM", "CD45"]
     assert cells["patient"].tolist() == ["P0", "P0", "P0", "P1", "P1"]
-    # a crop with another channel count is refused, naming the file
+    # a crop with another channel count is skipped and listed in the QC table, naming the file
     tifffile.imwrite(folder / "crops" / "c4.tif", np.zeros((2, 30, 20), np.uint16))
-    with pytest.raises(ValueError, match="c4.tif"):
-        ingest_collection(folder, tmp_path / "c2.parquet", tmp_path / "p2.zarr", 16, progress=None)
-    assert not (tmp_path / "c2.parquet").exists() and not (tmp_path / "p2.zarr").exists()
+    summary = ingest_collection(folder, tmp_path / "c2.parquet", tmp_path / "p2.zarr", 16, progress=None)
+    assert summary["n_cells"] == 4 and summary["problems"] == {"channels": 1}
+    qc = pd.read_csv(tmp_path / "qc.csv", keep_default_na=False)
+    row = qc[qc["path"] == "crops/c4.tif"].iloc[0]
+    assert row["status"] == "skipped" and row["problem"] == "channels" and "2 channels" in row["details"]
 
 
 def test_fit_crop_keeps_the_aspect_by_padding_with_edges():
@@ -82,8 +84,11 @@ def test_missing_listed_file_names_it(tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
     pd.DataFrame({"path": ["images/x.jpg"], "label": ["a"]}).to_csv(folder / "labels.csv", index=False)
-    with pytest.raises(ValueError, match="x.jpg"):
+    with pytest.raises(ValueError, match="none of its 1 file"):
         ingest_collection(folder, tmp_path / "c.parquet", tmp_path / "p.zarr", 16, progress=None)
+    qc = pd.read_csv(tmp_path / "qc.csv")
+    assert qc[["path", "status", "problem"]].values.tolist() == [["images/x.jpg", "skipped", "missing"]]
+    assert not (tmp_path / "c.parquet").exists() and not (tmp_path / "p.zarr").exists()
 
 
 def test_command_line_subcommand(tmp_path, capsys):

@@ -109,7 +109,7 @@ def _out_of_fold(oof: pd.DataFrame) -> str:
 
 
 def _patient_table(table: pd.DataFrame) -> str:
-    key = [c for c in ("patient", "condition", "n_slides", "n_cells", "n_leukocytes", "ctc_count",
+    key = [c for c in ("patient", "condition", "modality", "n_slides", "n_cells", "n_leukocytes", "ctc_count",
                        "ctc_per_1000", "ctc_leukocyte_clusters") if c in table.columns]
     return (f"<p>{len(table)} patients × {table.shape[1]} columns (the features of the patient model); "
             "key columns:</p>" + data_table(table[key], scroll=len(table) > 25))

@@ -1,6 +1,6 @@
 """Section ``qc``: per slide a thumbnail (at most 256 px wide) and a full-resolution detail crop, false
-colour (DAPI blue, CK red, VIM green, CD45 grey) with the segmentation outlines of labels.zarr; cell
-counts; per channel the median of the cells' mean raw intensity, flagged when more than 3 robust z from
+colour (DAPI blue, CK red, VIM green, CD45 grey) with the segmentation outlines of labels.zarr (a
+single-cell collection: its files' verdicts from qc.csv instead); cell counts; per channel the median of the cells' mean raw intensity, flagged when more than 3 robust z from
 the cohort (:func:`hemoprofile.report.qc.intensity_qc`)."""
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ def render(ctx: ReportContext) -> str:
 
     cards = []
     for info in slides:
+        if info.paths.get("qc"):  # a single-cell collection: no image, its files' QC instead
+            cards.append(_collection_card(info))
+            continue
         if not info.paths:
             cards.append(f'<figure class="card"><figcaption><b>{esc(info.slide)}</b></figcaption>'
                          f'{not_available("no outputs for this slide")}</figure>')
@@ -84,3 +87,21 @@ def render(ctx: ReportContext) -> str:
                  "yellow. Detail crop: the 128 px square around the densest cells.</p>")
     parts.append(f'<div class="cards">{"".join(cards)}</div>')
     return "".join(parts)
+
+
+def _collection_card(info) -> str:
+    """A single-cell collection's card: its files' verdicts from qc.csv (hemoprofile.ingest.collection)."""
+    head = f"<b>{esc(info.slide)}</b> · {esc(info.patient)} · {esc(info.condition)} · single-cell collection"
+    try:
+        qc = pd.read_csv(info.paths["qc"], dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        return f'<figure class="card"><figcaption>{head}</figcaption>{not_available(str(err))}</figure>'
+    status = qc["status"].value_counts()
+    skipped = qc[qc["status"] == "skipped"]
+    problems = ", ".join(f"{p} {n}" for p, n in skipped["problem"].value_counts().items())
+    line = (f"{len(qc):,} files: {int(status.get('ok', 0)):,} ok, {int(status.get('converted', 0)):,} converted, "
+            f"{int(status.get('skipped', 0)):,} skipped" + (f" ({problems})" if problems else ""))
+    listed = "".join(f"<li>{esc(r.path)}: {esc(r.problem)} — {esc(r.details)}</li>" for r in skipped.head(5).itertuples())
+    more = f"<li>… {len(skipped) - 5} more in qc.csv</li>" if len(skipped) > 5 else ""
+    return (f'<figure class="card"><figcaption>{head}<br>{esc(line)}'
+            + (f"<ul>{listed}{more}</ul>" if listed else "") + "</figcaption></figure>")
