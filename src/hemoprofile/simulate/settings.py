@@ -51,6 +51,11 @@ def parse_scale(value) -> float:
     """A slide scale as a float in (0, 1]: a number (0.015625) or a fraction string ("1/64").
 
     Raises ValueError naming the value when it is not a number in (0, 1].
+
+    Example
+    -------
+    >>> parse_scale("1/64"), parse_scale(0.25)
+    (0.015625, 0.25)
     """
     try:
         scale = float(Fraction(value.replace(" ", ""))) if isinstance(value, str) else float(value)
@@ -63,7 +68,13 @@ def parse_scale(value) -> float:
 
 def scaled_grid(rows: int, cols: int, scale: float) -> tuple[int, int]:
     """The frame grid of a slide shrunk to ``scale`` of its frames, each side by sqrt(scale) (see the
-    module docstring); at least one frame each way."""
+    module docstring); at least one frame each way.
+
+    Example
+    -------
+    >>> scaled_grid(96, 24, 1 / 64)
+    (12, 3)
+    """
     side = math.sqrt(scale)
     return max(1, round(rows * side)), max(1, round(cols * side))
 
