@@ -8,6 +8,8 @@ its params) and nothing else is built. Per stage it prints:
 - wall: seconds of the stage's job (the script process, from start to exit; Snakemake's own start-up
   and DAG building are not counted);
 - us/cell: wall / cells of the slide (truth_cells.parquet rows);
+- cpu: user + system seconds of the job (and its children), polled like the peak; on a shared machine
+  this is the figure to compare, since wall time grows with other users' load;
 - peak RSS: the job's VmHWM (polled every 0.2 s from /proc: a high-water mark, so a poll at any time
   holds the peak so far; only the last 0.2 s before exit can be missed); ``tree`` is
   resource.getrusage-style ru_maxrss of the whole Snakemake process tree from ``os.wait4`` (exact, but
@@ -78,11 +80,13 @@ def _job_watch(pid: int, stop: threading.Event, seen: dict) -> None:
                 if not any(".snakemake/scripts/" in part for part in child.cmdline()):
                     continue
                 status = Path(f"/proc/{child.pid}/status").read_text()
+                cpu = child.cpu_times()
             except (psutil.Error, OSError):
                 continue
             hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-            entry = seen.setdefault(child.pid, {"hwm_kib": 0, "cmdline": " ".join(child.cmdline())[:200]})
+            entry = seen.setdefault(child.pid, {"hwm_kib": 0, "cpu_s": 0.0})
             entry["hwm_kib"] = max(entry["hwm_kib"], hwm)
+            entry["cpu_s"] = max(entry["cpu_s"], cpu.user + cpu.system + cpu.children_user + cpu.children_system)
         stop.wait(0.2)
 
 
@@ -118,6 +122,8 @@ def run_stage(stage: str, slide: str, results: Path, configfiles: list[Path], co
         "stage": stage,
         "wall_s": job_s if job_s is not None else total,
         "snakemake_s": total,
+        "job_cpu_s": sum(j["cpu_s"] for j in jobs),
+        "tree_cpu_s": usage.ru_utime + usage.ru_stime,
         "job_hwm_mib": max((j["hwm_kib"] for j in jobs), default=0) / 1024,
         "tree_maxrss_mib": usage.ru_maxrss / 1024,
         "bytes": sum(tree_bytes(Path(t)) for t in targets),
@@ -160,9 +166,11 @@ def run_scale(scale: str, args) -> dict:
 
             n_cells = pq.ParquetFile(results / "synthetic" / slide / "truth_cells.parquet").metadata.num_rows
         row["us_per_cell"] = row["wall_s"] / n_cells * 1e6
+        row["cpu_us_per_cell"] = row["job_cpu_s"] / n_cells * 1e6
         row["bytes_per_cell"] = row["bytes"] / n_cells
         rows.append(row)
         print(f"  {stage:<11} wall {row['wall_s']:8.1f} s  {row['us_per_cell']:8.1f} us/cell  "
+              f"cpu {row['job_cpu_s']:8.1f} s  {row['cpu_us_per_cell']:8.1f} us/cell  "
               f"job peak {row['job_hwm_mib']:7.0f} MiB  tree {row['tree_maxrss_mib']:7.0f} MiB  "
               f"{row['bytes_per_cell']:8.0f} B/cell", flush=True)
     summary = {"scale": scale, "frames": s.n_frames, "cells": n_cells, "slide": slide, "stages": rows}
@@ -180,17 +188,18 @@ def _merge(base: dict, extra: dict | None) -> dict:
 
 
 def print_table(small: dict, large: dict) -> None:
-    print(f"\n{'stage':<11} | {'wall s':>15} | {'us/cell':>15} | {'job peak MiB':>15} | {'B/cell':>15} | "
-          f"{'RSS ratio':>9} | {'t/cell ratio':>12}")
-    print(f"{'':<11} | {small['scale']:>7} {large['scale']:>7} | {small['scale']:>7} {large['scale']:>7} | "
-          f"{small['scale']:>7} {large['scale']:>7} | {small['scale']:>7} {large['scale']:>7} | "
-          f"{'<= ' + str(RSS_TARGET):>9} | {'<= ' + str(TIME_TARGET):>12}")
+    a_s, b_s = small["scale"], large["scale"]
+    print(f"\n{'stage':<11} | {'wall s':>15} | {'CPU us/cell':>15} | {'job peak MiB':>15} | {'B/cell':>15} | "
+          f"{'RSS ratio':>9} | {'CPU/cell ratio':>14} | {'wall/cell ratio':>15}")
+    print(f"{'':<11} | " + " | ".join(f"{a_s:>7} {b_s:>7}" for _ in range(4))
+          + f" | {'<= ' + str(RSS_TARGET):>9} | {'<= ' + str(TIME_TARGET):>14} | {'<= ' + str(TIME_TARGET):>15}")
     for a, b in zip(small["stages"], large["stages"]):
         rss = b["job_hwm_mib"] / a["job_hwm_mib"] if a["job_hwm_mib"] else float("nan")
-        tpc = b["us_per_cell"] / a["us_per_cell"]
-        print(f"{a['stage']:<11} | {a['wall_s']:7.1f} {b['wall_s']:7.1f} | {a['us_per_cell']:7.1f} "
-              f"{b['us_per_cell']:7.1f} | {a['job_hwm_mib']:7.0f} {b['job_hwm_mib']:7.0f} | "
-              f"{a['bytes_per_cell']:7.0f} {b['bytes_per_cell']:7.0f} | {rss:9.2f} | {tpc:12.2f}")
+        cpu = b["cpu_us_per_cell"] / a["cpu_us_per_cell"] if a["cpu_us_per_cell"] else float("nan")
+        wall = b["us_per_cell"] / a["us_per_cell"]
+        print(f"{a['stage']:<11} | {a['wall_s']:7.1f} {b['wall_s']:7.1f} | {a['cpu_us_per_cell']:7.1f} "
+              f"{b['cpu_us_per_cell']:7.1f} | {a['job_hwm_mib']:7.0f} {b['job_hwm_mib']:7.0f} | "
+              f"{a['bytes_per_cell']:7.0f} {b['bytes_per_cell']:7.0f} | {rss:9.2f} | {cpu:14.2f} | {wall:15.2f}")
     print(f"cells: {small['cells']} ({small['frames']} frames) vs {large['cells']} ({large['frames']} frames)")
 
 
