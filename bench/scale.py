@@ -112,7 +112,7 @@ def run_stage(stage: str, slide: str, results: Path, configfiles: list[Path], co
     total = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"stage {stage} failed (exit {proc.returncode}); see {log}")
-    bench = results / "benchmarks" / stage_benchmark_dir(stage) / f"{slide}.tsv"
+    bench = results / "benchmarks" / stage / f"{slide}.tsv"  # every per-slide rule names its folder so
     job_s = None
     if bench.exists():
         lines = bench.read_text().splitlines()
@@ -128,10 +128,6 @@ def run_stage(stage: str, slide: str, results: Path, configfiles: list[Path], co
         "tree_maxrss_mib": usage.ru_maxrss / 1024,
         "bytes": sum(tree_bytes(Path(t)) for t in targets),
     }
-
-
-def stage_benchmark_dir(stage: str) -> str:
-    return stage  # benchmark files are <results>/benchmarks/<stage>/<slide>.tsv (simulate: simulate)
 
 
 def scale_tag(scale: str) -> str:

@@ -91,7 +91,7 @@ def test_scale_without_a_preset_and_unknown_presets_are_refused():
     with pytest.raises(ConfigError, match="scale"):
         synthetic_config(preset="hdsca", scale=2)
     with pytest.raises(ConfigError, match="scale"):
-        synthetic_config(preset="hdsca", scale="one"),
+        synthetic_config(preset="hdsca", scale="one")
     assert set(PRESETS) == {"hdsca"}
 
 
