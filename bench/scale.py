@@ -112,7 +112,7 @@ def run_stage(stage: str, slide: str, results: Path, configfiles: list[Path], co
     total = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"stage {stage} failed (exit {proc.returncode}); see {log}")
-    bench = results / "benchmarks" / stage / f"{slide}.tsv"  # every per-slide rule names its folder so
+    bench = results / "benchmarks" / stage / f"{slide}.tsv"  # the rules' benchmark: paths
     job_s = None
     if bench.exists():
         lines = bench.read_text().splitlines()
