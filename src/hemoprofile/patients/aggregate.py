@@ -171,7 +171,7 @@ def aggregate_patients(
         if len(conditions) > 1:
             raise ValueError(f"patient {patient}: slides disagree on the condition ({', '.join(conditions)})")
         cells = all_cells[all_cells["patient"] == patient]
-        row = _patient_row(cells, types, latent_clusters, morphology)
+        row = patient_row(cells, types, latent_clusters, morphology)
         kinds = sorted({modality.get(str(s), "slide") for s in sheet["slide"]})
         if len(kinds) > 1:
             raise ValueError(f"patient {patient}: rows of different modalities ({', '.join(kinds)}); a patient's "
@@ -208,7 +208,7 @@ def _prediction_classes(path: str) -> list[str]:
     return [str(c) for m in models.values() if m.get("classes") for c in m["classes"]]
 
 
-def _patient_row(cells: pd.DataFrame, types: Sequence[str], latent_clusters: int | None,
+def patient_row(cells: pd.DataFrame, types: Sequence[str], latent_clusters: int | None,
                  morphology: Sequence[str] = tuple(MORPHOLOGY_FEATURES)) -> dict:
     n_cells = len(cells)
     is_ctc = (cells["cell_type"] == CTC).to_numpy()

@@ -7,7 +7,7 @@ The steps are the cohort's own, so the page computes what the workflow would for
   stored as uint8 as ingestion stores patches) and classified by
   :func:`hemoprofile.classify.inference.classifier_probabilities`;
 * the per-patient row is built by the patient aggregation's own row function
-  (:func:`hemoprofile.patients.aggregate._patient_row`, which every cohort's patient table comes from);
+  (:func:`hemoprofile.patients.aggregate.patient_row`, which every cohort's patient table comes from);
 * the patient model scores it with :func:`hemoprofile.patients.prediction.predict_two_stage`.
 
 An image that cannot be used (unreadable, empty, not an image, wrong number of channels) is listed with
@@ -205,12 +205,12 @@ class Analyzer:
     def patient_row(self, predicted_types: Sequence[str]) -> dict:
         """The patient-table row of one patient whose cells have these predicted types (the cohort's
         aggregation; no morphology or cell-cluster measurements exist for single-cell images)."""
-        from hemoprofile.patients.aggregate import _patient_row
+        from hemoprofile.patients.aggregate import patient_row
 
         cells = pd.DataFrame({"cell_type": pd.Series(list(predicted_types), dtype=object),
                               "cluster_id": np.full(len(predicted_types), -1, np.int64),
                               "slide": "upload"})
-        return _patient_row(cells, self.cell_types, None)
+        return patient_row(cells, self.cell_types, None)
 
     def predict(self, cells: CellTable) -> dict:
         """Counts, fractions and the patient model's prediction for one upload (JSON-ready)."""

@@ -45,7 +45,8 @@ TRUTH_SCHEMA = pa.schema([
     *((f"true_{c}", pa.float64()) for c in CHANNELS),
 ])
 TRUTH_COLUMNS = tuple(TRUTH_SCHEMA.names)
-_TRUTH_ROW_GROUP = 100_000  # rows buffered before a parquet row group is written
+#: Rows per row group of truth_cells.parquet: the most truth rows held in memory (~150 bytes each, columnar).
+TRUTH_ROW_GROUP = 65_536
 
 #: An OME-TIFF slide is assembled in memory (tifffile writes a C x Y x X page per channel); above this
 #: size the frame-folder format, written frame by frame, is the way.
@@ -74,12 +75,15 @@ def simulate_slide(
     out_dir: str | os.PathLike,
     frame_pattern: str = "Tile{index:06d}.tif",
     frame_order: str = "row-major",
+    truth_row_group: int = TRUTH_ROW_GROUP,
 ) -> dict:
     """Simulate one slide of the synthetic cohort and write its image and ground truth.
 
     The slide is written frame by frame (one frame's channels plus small state in memory), except an
-    OME-TIFF, which is assembled in memory and so is limited to ``OME_TIFF_MAX_BYTES``. Every output is
-    written atomically.
+    OME-TIFF, which is assembled in memory and so is limited to ``OME_TIFF_MAX_BYTES``. The truth table
+    is written incrementally: each frame's rows become a columnar table at once, and a parquet row group
+    is written whenever ``truth_row_group`` rows are buffered, so memory does not grow with the slide.
+    Every output is written atomically.
 
     Parameters
     ----------
@@ -88,6 +92,7 @@ def simulate_slide(
     out_dir : the folder given to :func:`plan_cohort`; the slide goes to ``<out_dir>/<slide>/``.
     frame_pattern : file name pattern of frame files (see :func:`hemoprofile.io.frame_filename`).
     frame_order : how frame numbers map to grid positions (``row-major`` or ``snake``).
+    truth_row_group : rows per parquet row group of truth_cells.parquet (the most rows held at once).
 
     Returns
     -------
@@ -136,7 +141,10 @@ def simulate_slide(
 
     # chunks no larger than a frame, so that writing a frame rewrites few chunks
     tile = min(512, s.frame_h, s.frame_w)
-    truth_rows: list[dict] = []  # buffered; written to parquet in row groups, so memory stays bounded
+    if truth_row_group < 1:
+        raise ValueError(f"truth_row_group must be at least 1, got {truth_row_group}")
+    truth_buffer: list[pa.Table] = []  # whole frames' rows, columnar, until a row group is full
+    buffered = 0
     counts = dict.fromkeys(CELL_TYPES, 0)
     next_id, next_cluster, n_debris = 1, 0, 0
     with contextlib.ExitStack() as stack:
@@ -175,12 +183,13 @@ def simulate_slide(
                 cell["y"] += y0
                 cell["x"] += x0
                 cell["frame"] = f
-            truth_rows.extend(frame.cells)
             for cell in frame.cells:
                 counts[cell["cell_type"]] += 1
-            if len(truth_rows) >= _TRUTH_ROW_GROUP:
-                table_writer.write_table(_truth_table(truth_rows, slide, patient, condition))
-                truth_rows = []
+            if frame.cells:
+                truth_buffer.append(_truth_table(frame.cells, slide, patient, condition))
+                buffered += len(frame.cells)
+            if buffered >= truth_row_group:
+                truth_buffer, buffered = _write_row_groups(table_writer, truth_buffer, truth_row_group, final=False)
             next_id += len(frame.cells)
             next_cluster += frame.n_clusters
             n_debris += frame.n_debris
@@ -195,8 +204,8 @@ def simulate_slide(
                     "PhysicalSizeY": s.pixel_size_um, "PhysicalSizeYUnit": "µm",
                 },
             )
-        if truth_rows or next_id == 1:
-            table_writer.write_table(_truth_table(truth_rows, slide, patient, condition))
+        if truth_buffer or next_id == 1:
+            _write_row_groups(table_writer, truth_buffer, truth_row_group, final=True)
 
     summary = {
         "slide": slide,
@@ -227,6 +236,19 @@ def simulate_cohort(synth_cfg: Mapping, out_dir: str | os.PathLike, sheet_path: 
     if progress:
         progress(f"wrote {len(plan)} slides and {sheet_path}")
     return plan
+
+
+def _write_row_groups(writer: pq.ParquetWriter, tables: list[pa.Table], row_group: int,
+                      final: bool) -> tuple[list[pa.Table], int]:
+    """Write the buffered truth rows as row groups of exactly ``row_group`` rows (the rest too when
+    ``final``); return the unwritten remainder and its row count. Row groups do not depend on how rows
+    were split into frames, so the file equals a one-shot write with the same row group size."""
+    table = pa.concat_tables(tables) if tables else TRUTH_SCHEMA.empty_table()
+    n_full = table.num_rows if final else table.num_rows - table.num_rows % row_group
+    if n_full or (final and table.num_rows == 0):
+        writer.write_table(table.slice(0, n_full).combine_chunks(), row_group_size=row_group)
+    rest = table.slice(n_full)
+    return ([rest] if rest.num_rows else []), rest.num_rows
 
 
 def _truth_table(rows: list[dict], slide: str, patient: str, condition: str) -> pa.Table:
