@@ -189,8 +189,9 @@ def tile_slide(
 
     megapixels = n_channels * height * width / 1e6
     rate = megapixels / seconds if seconds > 0 else float("inf")
-    say(f"tile {name}: {megapixels:.1f} MP ({n_channels} channels) in {seconds:.1f} s, {rate:.1f} MP/s; "
-        f"{len(levels)} pyramid level(s) in {pyramid_seconds:.1f} s")
+    if len(levels) > 1:
+        say(f"tile {name}: pyramid of {len(levels)} levels down to {levels[-1][1:]} px in {pyramid_seconds:.1f} s")
+    say(f"tile {name}: {megapixels:.1f} MP ({n_channels} channels) in {seconds:.1f} s, {rate:.1f} MP/s")
     return {
         "path": str(out_path),
         "shape": (n_channels, height, width),
