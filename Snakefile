@@ -20,10 +20,12 @@ include: "workflow/rules/embed.smk"
 include: "workflow/rules/patients.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/collection.smk"
+include: "workflow/rules/view.smk"
 
 
 rule all:
     input:
         all_outputs(),
         anndata_outputs(),
+        view_outputs(),
     default_target: True

@@ -7,9 +7,9 @@ __version__ = "0.1.0"
 #: reruns that stage (and what depends on it) and nothing else. Bump when a stage's output changes.
 STAGE_VERSIONS = {
     "simulate": 1,
-    "tile": 1,
+    "tile": 2,
     "preprocess": 2,
-    "segment": 2,
+    "segment": 3,
     "extract": 2,
     "ingest": 1,
     "classify": 1,
@@ -17,4 +17,5 @@ STAGE_VERSIONS = {
     "patients": 1,
     "report": 2,
     "export": 1,
+    "view": 1,
 }

@@ -31,6 +31,8 @@ TINY_CONFIG = {
     },
     # 256 px slides in 96 px tiles: edge tiles are partial, so sizes that are not multiples are covered
     "tile": {"size": 96},
+    # 256 px slides: a 128 px smallest level gives image.zarr and labels.zarr a second level (view.zarr links them)
+    "pyramid": {"smallest": 128},
     "classify": {"tasks": ["lineage", "ctc"], "max_cells_per_label": 200, "train": {"epochs": 2, "minutes": None}},
     "embed": {"widths": [8, 16], "cells_per_slide": 200, "train": {"epochs": 2}, "cluster": {"k_max": 4}},
     "preprocess": {

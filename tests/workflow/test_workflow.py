@@ -107,6 +107,9 @@ def test_tiny_run_writes_ome_zarr_for_every_slide(tiny_run):
             assert node.metadata["channel_names"] == ["DAPI", "CK", "VIM", "CD45"]
         image = zarr.open_group(str(workdir / "results" / slide / "image.zarr"), mode="r")["0"]
         assert image.dtype == np.uint16 and image[0].max() > 0
+        # view.zarr: the image (pyramid.smallest 128: two levels) with labels.zarr as its NGFF labels
+        nodes = list(Reader(parse_url(str(workdir / "results" / slide / "view.zarr")))())
+        assert len(nodes[0].data) == 2 and any(n.zarr.path.rstrip("/").endswith("labels/cells") for n in nodes)
     # progress went to the terminal and the per-slide log
     assert "tile P01_S1" in result.stderr
     assert (workdir / "results" / "logs" / "preprocess" / "P01_S1.log").read_text().strip()

@@ -335,6 +335,14 @@ def segmenter_dsb_index(wildcards):
     return f"{dsb_dir}/index.csv"
 
 
+# --- viewer entries (rule in view.smk) ---
+
+
+def view_outputs():
+    """Every slide's view.zarr: its image with the segmentation as NGFF labels, for napari (README)."""
+    return expand(f"{RESULTS}/{{slide}}/view.zarr", slide=SLIDES)
+
+
 # --- AnnData export (rules in export.smk) ---
 
 ANNDATA = config["anndata"]

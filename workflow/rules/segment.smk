@@ -26,6 +26,7 @@ rule segment:
     params:
         segment=config["segment"],
         seed=config["seed"],
+        pyramid=config["pyramid"],
         version=stage_version("segment"),
     log:
         f"{RESULTS}/logs/segment/{{slide}}.log",

@@ -9,6 +9,7 @@ rule tile:
     params:
         reader=slide_reader_params,
         tile=config["tile"],
+        pyramid=config["pyramid"],
         version=stage_version("tile"),
     log:
         f"{RESULTS}/logs/tile/{{slide}}.log",

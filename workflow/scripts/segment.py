@@ -17,4 +17,5 @@ segment_slide(
     snakemake.params.segment,
     seed=snakemake.params.seed,
     progress=progress,
+    pyramid_smallest=snakemake.params.pyramid["smallest"] if snakemake.params.pyramid["enabled"] else None,
 )

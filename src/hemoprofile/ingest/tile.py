@@ -18,6 +18,7 @@ import zarr
 
 import hemoprofile
 from hemoprofile.io import atomic_output, create_ome_zarr_image, iter_tiles
+from hemoprofile.io.pyramid import DEFAULT_SMALLEST, write_pyramid
 from hemoprofile.io.slide_sources import SlideSource
 
 
@@ -49,6 +50,7 @@ def tile_slide(
     progress: Callable[[str], None] | None = print,
     *,
     slide_name: str | None = None,
+    pyramid_smallest: int | None = DEFAULT_SMALLEST,
 ) -> dict:
     """Write a slide as an OME-Zarr image (c, y, x) with one chunk per ``tile_size`` x ``tile_size`` tile.
 
@@ -70,12 +72,17 @@ def tile_slide(
     slide_name : str, optional
         Name used in progress lines and as the image name; defaults to the folder holding ``out_path``
         (``results/{slide}/image.zarr``).
+    pyramid_smallest : int or None
+        Add 2x mean-downsampled levels for viewers until the long side is at most this many pixels
+        (:func:`hemoprofile.io.pyramid.write_pyramid`); None writes level 0 only. Level 0 is the same
+        either way.
 
     Returns
     -------
     dict
         ``path``, ``shape`` (c, y, x), ``dtype`` (stored), ``n_tiles`` (all channels), ``seconds``,
-        ``megapixels`` (all channels) and ``megapixels_per_second``.
+        ``megapixels`` (all channels) and ``megapixels_per_second`` (of level 0), ``pyramid_levels`` (shapes,
+        level 0 first) and ``pyramid_seconds``.
 
     Blank and saturated frames do not stop the run: a channel's flat tiles (every pixel one value) are
     reported in a ``WARNING`` progress line, its pixels at an integer dtype's maximum in a progress line,
@@ -167,17 +174,23 @@ def tile_slide(
             _warn_blank_or_saturated(say, f"tile {name} {channel}", flat, first_flat, n_saturated, len(tiles),
                                      height * width)
         seconds = time.perf_counter() - start
+        levels = write_pyramid(tmp, pyramid_smallest) if pyramid_smallest else [(n_channels, height, width)]
+        pyramid_seconds = time.perf_counter() - start - seconds
         provenance.update(
             channel_min=dict(zip(source.channel_names, minima)),
             channel_max=dict(zip(source.channel_names, maxima)),
             flat_tiles={ch: {"n": len(f), "first": f[:MAX_FLAT_TILES_RECORDED]} for ch, f in flat_tiles.items()},
             saturated_pixels=saturated if saturation is not None else None,
             seconds=round(seconds, 3),
+            pyramid_levels=len(levels),
+            pyramid_seconds=round(pyramid_seconds, 3),
         )
         zarr.open_group(str(tmp), mode="r+").attrs["hemoprofile"] = provenance
 
     megapixels = n_channels * height * width / 1e6
     rate = megapixels / seconds if seconds > 0 else float("inf")
+    if len(levels) > 1:
+        say(f"tile {name}: pyramid of {len(levels)} levels down to {levels[-1][1:]} px in {pyramid_seconds:.1f} s")
     say(f"tile {name}: {megapixels:.1f} MP ({n_channels} channels) in {seconds:.1f} s, {rate:.1f} MP/s")
     return {
         "path": str(out_path),
@@ -187,6 +200,8 @@ def tile_slide(
         "seconds": seconds,
         "megapixels": megapixels,
         "megapixels_per_second": rate,
+        "pyramid_levels": [tuple(level) for level in levels],
+        "pyramid_seconds": pyramid_seconds,
     }
 
 

@@ -1,7 +1,9 @@
 """File formats and dtype policy: every stage reads and writes through this layer, and deals in arrays
 and tables otherwise.
 
-Modules: :mod:`~hemoprofile.io.ome_zarr` (OME-Zarr images and label images), :mod:`~hemoprofile.io.tiles`
+Modules: :mod:`~hemoprofile.io.ome_zarr` (OME-Zarr images and label images),
+:mod:`~hemoprofile.io.pyramid` (their multiscale levels), :mod:`~hemoprofile.io.slide_view` (view.zarr: image +
+labels linked as one OME-Zarr for viewers), :mod:`~hemoprofile.io.tiles`
 (the tile grid), :mod:`~hemoprofile.io.atomic` (atomic writes), :mod:`~hemoprofile.io.frames` (HDSCA frame
 file names), :mod:`~hemoprofile.io.slide_sources` (reading TIFF / OME-TIFF slides and frame folders),
 :mod:`~hemoprofile.io.tables` (parquet tables), :mod:`~hemoprofile.io.patches` (patches.zarr),

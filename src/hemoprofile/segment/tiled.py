@@ -33,6 +33,7 @@ from hemoprofile.io import (
     model_id,
     open_ome_zarr,
 )
+from hemoprofile.io.pyramid import DEFAULT_SMALLEST, write_pyramid
 from hemoprofile.segment.cellpose_model import is_model_file, model_file
 from hemoprofile.segment.input import select_channels
 from hemoprofile.segment.segmenter import build_segmenter
@@ -244,6 +245,7 @@ def segment_slide(
     seed: int = 0,
     segmenter=None,
     progress: Callable[[str], None] | None = print,
+    pyramid_smallest: int | None = DEFAULT_SMALLEST,
 ) -> dict:
     """Segment a preprocessed OME-Zarr slide into an OME-Zarr label image, tile by tile.
 
@@ -255,6 +257,8 @@ def segment_slide(
     seed : seed of the tile sample for the slide-wide statistics (config ``seed``).
     segmenter : a backend to reuse across slides (built from ``segment_cfg`` when None).
     progress : called with progress messages; None for silence.
+    pyramid_smallest : add 2x levels (nearest neighbour) for viewers until the long side is at most this
+        many pixels (:func:`hemoprofile.io.pyramid.write_pyramid`); None writes level 0 only.
 
     Returns
     -------
@@ -291,6 +295,8 @@ def segment_slide(
                                       name="labels", dtype="uint32", extra_attributes=attributes)
         summary = segment_tiled(image.array, sink, image.channel_names, cfg, tile_size, seed, segmenter, progress,
                                 source_name=str(preprocessed_path))
+        if pyramid_smallest:  # levels for viewers (every second pixel: ids stay exact); level 0 as written
+            summary["pyramid_levels"] = len(write_pyramid(tmp, pyramid_smallest, method="nearest"))
         root = zarr.open_group(str(tmp), mode="r+")
         root.attrs["hemoprofile"] = {**attributes, **summary}
     if progress:

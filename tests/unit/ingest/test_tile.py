@@ -224,3 +224,25 @@ def test_flat_tiles_and_saturated_pixels_are_reported_not_refused(tmp_path):
         "first at y[512:700] x[0:256] = 65535",
     ]
     assert "tile S1 CD45: 4 pixels (0.000635%) are saturated (at the dtype's maximum)" in lines
+
+
+def test_pyramid_adds_mean_levels_and_leaves_level_0_bitwise_unchanged(tmp_path):
+    from ome_zarr_models.v05.image import Image
+
+    from hemoprofile.io.pyramid import downsample_mean
+
+    image = reference_image(SHAPE, "uint16", seed=6)
+    spec = write_slide(tmp_path, image, "ome-tiled")
+    with open_written(spec) as source:
+        flat = tile_slide(source, tmp_path / "flat" / "image.zarr", TILE, progress=None, pyramid_smallest=None)
+        pyramid = tile_slide(source, tmp_path / "pyramid" / "image.zarr", TILE, progress=None, pyramid_smallest=256)
+    assert flat["pyramid_levels"] == [SHAPE]
+    assert pyramid["pyramid_levels"] == [SHAPE, (3, 350, 450), (3, 175, 225)]
+    level0 = {p.relative_to(tmp_path / "flat"): p.read_bytes() for p in sorted((tmp_path / "flat").rglob("0/c/**/*"))
+              if p.is_file()}
+    assert level0 and level0 == {p.relative_to(tmp_path / "pyramid"): p.read_bytes()
+                                 for p in sorted((tmp_path / "pyramid").rglob("0/c/**/*")) if p.is_file()}
+    root = zarr.open_group(str(tmp_path / "pyramid" / "image.zarr"), mode="r")
+    np.testing.assert_array_equal(root["1"][:], downsample_mean(image))
+    assert len(Image.from_zarr(root).attributes.ome.multiscales[0].datasets) == 3
+    assert open_ome_zarr(tmp_path / "pyramid" / "image.zarr").attributes["pyramid_levels"] == 3

@@ -185,3 +185,18 @@ def test_cellpose_path_batches_pads_and_stitches_like_the_whole_image(slide):
     assert summary["n_objects"] == whole.max() > 100
     assert match_instances(whole, tiled, 0.9)["ap"] == 1.0
     assert seam_cuts(tiled, whole, TILE)[0] == 0
+
+
+def test_segment_slide_pyramid_leaves_level_0_unchanged(tmp_path, slide):
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    pre = tmp_path / "preprocessed.zarr"
+    write_preprocessed(pre, slide[0], TILE)
+    segment_slide(pre, tmp_path / "flat.zarr", CFG, progress=None, pyramid_smallest=None)
+    summary = segment_slide(pre, tmp_path / "labels.zarr", CFG, progress=None, pyramid_smallest=128)
+    flat, labels = (zarr.open_group(str(tmp_path / name), mode="r") for name in ("flat.zarr", "labels.zarr"))
+    assert summary["pyramid_levels"] == 3 and sorted(flat.array_keys()) == ["0"]  # 260 -> 130 -> 65 px
+    np.testing.assert_array_equal(labels["0"][:], flat["0"][:])
+    np.testing.assert_array_equal(labels["1"][:], flat["0"][::2, ::2])
+    np.testing.assert_array_equal(labels["2"][:], flat["0"][::4, ::4])
+    assert len(ImageLabel.from_zarr(labels).attributes.ome.multiscales[0].datasets) == 3
