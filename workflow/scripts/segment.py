@@ -17,4 +17,5 @@ segment_slide(
     snakemake.params.segment,
     seed=snakemake.params.seed,
     progress=progress,
+    threads=snakemake.threads,
 )
