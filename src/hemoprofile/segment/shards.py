@@ -96,6 +96,16 @@ def read_ledger(store) -> set[int]:
     return {int(line) for line in lines if line.strip()}
 
 
+def _drop_cut_line(store: Path) -> None:
+    """Remove a ledger's last line when a kill cut it (no newline), so appends start on a fresh line."""
+    path = store / LEDGER
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as ledger:
+                ledger.truncate(data.rfind(b"\n") + 1)
+
+
 def _json_safe(value):
     return json.loads(json.dumps(value, default=str))
 
@@ -121,6 +131,7 @@ def _open_store(store: Path, fingerprint: dict, n: int, window: int) -> tuple[za
         except json.JSONDecodeError:
             same = False
         if same:
+            _drop_cut_line(store)
             return zarr.open_array(str(store / WINDOWS), mode="r+"), read_ledger(store)
     if store.exists():
         shutil.rmtree(store)
