@@ -3,9 +3,9 @@ stitch job that turns the shards' windows into ``labels.zarr`` (``segment.shards
 
 Design
     The slide's tiles (the preprocessed image's chunks, row-major) are cut into N contiguous ranges
-    (:func:`shard_ranges`, aligned to ``batch_tiles`` so a Cellpose batch is the same batch as in the
-    unsharded run). A shard job (:func:`segment_shard`) segments the halo window of each of its tiles,
-    exactly as :func:`hemoprofile.segment.tiled.segment_tiled` does, and stores each window's own labels
+    (:func:`shard_ranges`; with Cellpose aligned to ``batch_tiles``, so each eval call gets the same
+    windows as in the unsharded run). A shard job (:func:`segment_shard`) segments the halo window of
+    each of its tiles, exactly as :func:`hemoprofile.segment.tiled.segment_tiled` does, and stores each window's own labels
     (local ids, one zarr chunk per window) in a block store. The stitch job (:func:`stitch_shards`) then
     runs the existing stitcher of :mod:`hemoprofile.segment.tiled` over all tiles in row-major order,
     reading the stored windows instead of segmenting: the costly part (the network) runs in parallel on N
@@ -50,6 +50,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,12 @@ from hemoprofile import STAGE_VERSIONS
 from hemoprofile.io import atomic_output, halo_window, iter_tiles, open_ome_zarr
 from hemoprofile.segment.input import select_channels
 from hemoprofile.segment.settings import segment_settings
-from hemoprofile.segment.tiled import calibrate_segmenter, halo_pixels, segment_slide, segment_windows
+from hemoprofile.segment.tiled import (
+    calibrate_segmenter,
+    halo_pixels,
+    segment_slide,
+    segment_windows,
+)
 
 LEDGER = "ledger.txt"
 FINGERPRINT = "fingerprint.json"
@@ -83,7 +89,13 @@ def shard_ranges(n_tiles: int, shards: int, batch_tiles: int = 1) -> list[tuple[
     batch = max(1, int(batch_tiles))
     n_batches = -(-int(n_tiles) // batch)
     bounds = [i * n_batches // shards for i in range(shards + 1)]
-    return [(min(b0 * batch, n_tiles), min(b1 * batch, n_tiles)) for b0, b1 in zip(bounds[:-1], bounds[1:])]
+    return [(min(b0 * batch, n_tiles), min(b1 * batch, n_tiles)) for b0, b1 in pairwise(bounds)]
+
+
+def _shard_batch(cfg: Mapping) -> int:
+    # Cellpose pads the windows of one eval call to the largest, so a shard keeps the unsharded run's
+    # batches whole; the classical backend segments each window alone, so any tile can start a shard.
+    return max(1, int(cfg["batch_tiles"])) if cfg["backend"] == "cellpose" else 1
 
 
 def read_ledger(store) -> set[int]:
@@ -187,14 +199,14 @@ def segment_shard(
     selection = select_channels(image.channel_names, cfg["channels"]["nucleus"], cfg["channels"]["cytoplasm"],
                                 str(preprocessed_path))
     tiles = list(iter_tiles(shape_yx, tile_size))
-    start, stop = shard_ranges(len(tiles), int(shards), int(cfg["batch_tiles"]))[int(shard)]
+    start, stop = shard_ranges(len(tiles), int(shards), _shard_batch(cfg))[int(shard)]
     halo = halo_pixels(cfg)
     store = Path(store)
     fingerprint = _fingerprint(preprocessed_path, source.shape, tile_size, start, stop, cfg, seed)
     array, done = _open_store(store, fingerprint, stop - start, tile_size + 2 * halo)
     todo = [i for i in range(start, stop) if i not in done]
     say(f"shard {shard + 1}/{shards}: tiles {start}..{stop - 1} of {len(tiles)}, {len(done)} already committed, "
-        f"{len(todo)} to segment")
+        f"{len(todo)} to segment" if stop > start else f"shard {shard + 1}/{shards}: no tiles (more shards than batches)")
     if todo:
         segmenter = calibrate_segmenter(source, selection, tiles, shape_yx, cfg, seed, segmenter)
         windows = [halo_window(tiles[i], halo, shape_yx) for i in todo]

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ def test_shard_ranges_cover_the_tiles_contiguously_in_whole_batches():
     for n, shards, batch in [(20, 1, 1), (20, 3, 1), (20, 4, 4), (9, 4, 4), (7, 10, 1), (0, 2, 1)]:
         ranges = shard_ranges(n, shards, batch)
         assert len(ranges) == shards and ranges[0][0] == 0 and ranges[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(a[1] == b[0] for a, b in pairwise(ranges))
         assert all(start % batch == 0 and start <= stop for start, stop in ranges)
         sizes = [stop - start for start, stop in ranges]
         assert max(sizes) - min(sizes) <= batch
@@ -86,13 +87,14 @@ def test_sharded_labels_equal_the_one_job_run(tmp_path, slide, shards):
     assert not list(tmp_path.glob("*.blocks"))  # stores removed once labels.zarr is written
 
 
-def test_shards_with_batches_and_an_empty_shard_equal_the_one_job_run(tmp_path, slide):
+def test_more_shards_than_tiles_leave_empty_shards_and_equal_labels(tmp_path, slide):
     pre, _ = slide
-    cfg = {**CFG, "batch_tiles": 8}  # 3 batches over 4 shards: one shard is empty
+    cfg = {**CFG, "sample_tiles": 4}
     reference = tmp_path / "reference.zarr"
     segment_slide(pre, reference, cfg, seed=5, progress=None)
-    summaries = run_shards(pre, tmp_path, 4, cfg)
-    assert [json.loads(p.read_text())["blocks"] for p in summaries] == [0, 8, 8, 4]
+    summaries = run_shards(pre, tmp_path, N_TILES + 2, cfg)
+    blocks = [json.loads(p.read_text())["blocks"] for p in summaries]
+    assert sorted(blocks) == [0, 0] + [1] * N_TILES
     stitch_shards(pre, tmp_path / "labels.zarr", summaries, cfg, seed=5, progress=None)
     assert np.array_equal(open_ome_zarr(tmp_path / "labels.zarr").array[:], open_ome_zarr(reference).array[:])
 
