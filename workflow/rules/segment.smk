@@ -16,6 +16,10 @@ SEGMENT_MODEL = (
     else []
 )
 
+# The science of segmentation, without the job split (segment.shards changes how, not what: labels are
+# equal), so switching shards does not rerun a slide's segmentation.
+SEGMENT_PARAMS = {key: value for key, value in config["segment"].items() if key != "shards"}
+
 
 rule segment:
     input:
@@ -24,7 +28,7 @@ rule segment:
     output:
         labels=directory(f"{RESULTS}/{{slide}}/labels.zarr"),
     params:
-        segment=config["segment"],
+        segment=SEGMENT_PARAMS,
         seed=config["seed"],
         version=stage_version("segment"),
     log:
@@ -48,7 +52,7 @@ rule segment:
 # windows with the one-job stitcher (labels equal the one-job run's) and removes the stores. Both
 # segment and segment_stitch write labels.zarr; the ruleorder picks one by segment.shards.
 
-SEGMENT_SHARDS = int(config["segment"].get("shards", 1))
+SEGMENT_SHARDS = int(config["segment"]["shards"])
 SEGMENT_SHARD_DIR = f"{RESULTS}/{{slide}}/segment_shards"
 
 if SEGMENT_SHARDS > 1:
@@ -69,7 +73,7 @@ rule segment_shard:
     params:
         store=lambda wildcards: f"{RESULTS}/{wildcards.slide}/segment_shards/{wildcards.shard}-of-{SEGMENT_SHARDS}.blocks",
         shards=SEGMENT_SHARDS,
-        segment=config["segment"],
+        segment=SEGMENT_PARAMS,
         seed=config["seed"],
         version=stage_version("segment"),
     wildcard_constraints:
@@ -95,7 +99,7 @@ rule segment_stitch:
     output:
         labels=directory(f"{RESULTS}/{{slide}}/labels.zarr"),
     params:
-        segment=config["segment"],
+        segment=SEGMENT_PARAMS,
         seed=config["seed"],
         version=stage_version("segment"),
     log:
