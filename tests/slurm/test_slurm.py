@@ -34,7 +34,7 @@ from helpers.tiny_workflow import tiny_config  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 PROFILE = REPO / "profiles" / "slurm"
-GPU_RULES = {"segment", "train_segmenter", "train_classifier", "classify", "train_embedder", "embed"}
+GPU_RULES = {"segment", "segment_shard", "train_segmenter", "train_classifier", "classify", "train_embedder", "embed"}
 GPU_PARTITION = "gpu"
 CPU_PARTITION = "cpu"  # the test cluster's default partition, which CPU rules fall back to
 # What the one-node test cluster needs on top of the profile (nothing about partitions or resources):
@@ -49,6 +49,12 @@ TEST_CLUSTER_ARGS = ["--slurm-init-seconds-before-status-checks", "8", "--slurm-
 # run in tests/workflow.
 TINY_CONFIG = tiny_config(tile={"size": 128}, preprocess={"sample_tiles": 4})
 SLURM_TARGETS = ["results/cohort/patients.parquet", "results/cohort/embedding/metrics.json"]
+# segment.shards: one slide's segmentation as 4 GPU shard jobs (one 128 px tile each; the classical
+# backend, as the cluster has no GPU and only the scheduling is under test) and one CPU stitch job.
+SHARDS = 4
+SHARDED_CONFIG = tiny_config(tile={"size": 128}, preprocess={"sample_tiles": 4},
+                             segment={"backend": "classical", "shards": SHARDS})
+SHARDED_TARGET = "results/P01_S1/labels.zarr"
 
 
 def in_ci():
@@ -134,6 +140,26 @@ def test_dry_run_with_the_profile_applies_its_resources(tmp_path):
         assert f"runtime={expected['runtime']}," in resources, (rule, resources)
 
 
+def test_dry_run_splits_segmentation_into_gpu_shard_jobs_and_a_cpu_stitch_job(tmp_path):
+    write_config(tmp_path, SHARDED_CONFIG)
+    result = snakemake(tmp_path, "--dry-run", SHARDED_TARGET)
+    assert result.returncode == 0, result.stdout + result.stderr
+    plan = planned_jobs(result.stdout)
+    assert plan["segment_shard"] == SHARDS and plan["segment_stitch"] == 1 and "segment" not in plan, plan
+    blocks = dict(re.findall(r"^rule (segment_\w+):\n((?:    .*\n)+)", result.stdout, re.M))
+    jobs = re.findall(r"^rule (segment_shard|segment_stitch):\n((?:    .*\n)+)", result.stdout, re.M)
+    shard_outputs = set()
+    for rule, block in jobs:
+        resources = re.search(r"^    resources: (.*)$", block, re.M).group(1)
+        if rule == "segment_shard":
+            assert f"slurm_partition={GPU_PARTITION}" in resources and "gpu=1" in resources, block
+            shard_outputs.add(re.search(r"^    output: (\S+)$", block, re.M).group(1))
+        else:
+            assert "gpu" not in resources and "slurm_partition" not in resources, block
+            stitch_inputs = set(re.search(r"^    input: (.*)$", block, re.M).group(1).split(", "))
+    assert len(shard_outputs) == SHARDS and shard_outputs <= stitch_inputs, (shard_outputs, blocks)
+
+
 # -- end to end on a real cluster --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -162,7 +188,7 @@ def run_id(output):
 
 def sacct_jobs(cluster, run):
     """The SLURM jobs of one Snakemake run (its run ID is the SLURM job name), as dicts."""
-    fields = ["JobIDRaw", "Partition", "AllocTRES", "ReqMem", "State", "ExitCode", "Comment"]
+    fields = ["JobIDRaw", "Partition", "AllocTRES", "ReqMem", "State", "ExitCode", "Comment", "Start", "End"]
     out = cluster.run("sacct", "-X", "--parsable2", "--noheader", "--starttime", "now-1days", "--name", run,
                       f"--format={','.join(fields)}").stdout
     jobs = []
@@ -277,3 +303,25 @@ def test_failed_job_names_its_slurm_log_is_retried_with_more_memory_and_a_rerun_
     assert collections.Counter(j["rule"] for j in jobs) == planned_jobs(output), table
     assert {j["wildcards"] for j in jobs} == {bad_slide} and {j["State"] for j in jobs} == {"COMPLETED"}, table
     assert (tmp_path / "results" / bad_slide / "image.zarr").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_segmentation_shards_run_as_parallel_gpu_jobs_and_the_stitch_waits_for_them(cluster, tmp_path):
+    write_config(tmp_path, SHARDED_CONFIG)
+    result = snakemake(tmp_path, *TEST_CLUSTER_ARGS, SHARDED_TARGET, env=cluster.env())
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"sharded segmentation under SLURM failed:\n{output}\n{cluster.log_tails()}"
+    jobs = sacct_jobs(cluster, run_id(output))
+    table = sacct_table(jobs) + "\n" + "\n".join(f"{j['rule']} {j['wildcards']} {j['Start']} {j['End']}" for j in jobs)
+    print(table)
+    shards = [j for j in jobs if j["rule"] == "segment_shard"]
+    stitch = [j for j in jobs if j["rule"] == "segment_stitch"]
+    assert len(shards) == SHARDS and len(stitch) == 1 and all(j["State"] == "COMPLETED" for j in jobs), table
+    for job in shards:
+        assert job["Partition"] == GPU_PARTITION and "gres/gpu=1" in job["AllocTRES"], table
+    assert stitch[0]["Partition"] == CPU_PARTITION and "gres/gpu" not in stitch[0]["AllocTRES"], table
+    # four separate SLURM jobs, and the stitch started only once the last shard had ended
+    assert len({j["JobIDRaw"] for j in shards}) == SHARDS, table
+    assert stitch[0]["Start"] >= max(j["End"] for j in shards), table  # ISO timestamps compare as text
+    assert (tmp_path / SHARDED_TARGET).is_dir() and not list((tmp_path / "results" / "P01_S1").glob("segment_shards/*"))

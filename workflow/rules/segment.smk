@@ -16,6 +16,10 @@ SEGMENT_MODEL = (
     else []
 )
 
+# The science of segmentation, without the job split (segment.shards changes how, not what: labels are
+# equal), so switching shards does not rerun a slide's segmentation.
+SEGMENT_PARAMS = {key: value for key, value in config["segment"].items() if key != "shards"}
+
 
 rule segment:
     input:
@@ -24,7 +28,7 @@ rule segment:
     output:
         labels=directory(f"{RESULTS}/{{slide}}/labels.zarr"),
     params:
-        segment=config["segment"],
+        segment=SEGMENT_PARAMS,
         seed=config["seed"],
         pyramid=config["pyramid"],
         version=stage_version("segment"),
@@ -39,3 +43,75 @@ rule segment:
         "../../envs/gpu.yaml"
     script:
         "../scripts/segment.py"
+
+
+# --- segment.shards > 1: N shard jobs (GPU rule segment_shard) + one stitch job (CPU) -----------------
+# Each shard segments a contiguous range of tiles (with their halo) into a block store that survives a
+# killed job (hemoprofile.segment.shards: finished blocks are committed to a ledger and skipped on the
+# rerun; the store is not a declared output, since Snakemake deletes an incomplete job's outputs). The
+# declared output is the shard's summary; segment_stitch lists all N of them, stitches the stored
+# windows with the one-job stitcher (labels equal the one-job run's) and removes the stores. Both
+# segment and segment_stitch write labels.zarr; the ruleorder picks one by segment.shards.
+
+SEGMENT_SHARDS = int(config["segment"]["shards"])
+SEGMENT_SHARD_DIR = f"{RESULTS}/{{slide}}/segment_shards"
+
+if SEGMENT_SHARDS > 1:
+
+    ruleorder: segment_stitch > segment
+
+else:
+
+    ruleorder: segment > segment_stitch
+
+
+rule segment_shard:
+    input:
+        image=f"{RESULTS}/{{slide}}/preprocessed.zarr",
+        model=SEGMENT_MODEL,
+    output:
+        summary=temp(f"{SEGMENT_SHARD_DIR}/{{shard}}-of-{SEGMENT_SHARDS}.json"),
+    params:
+        store=lambda wildcards: f"{RESULTS}/{wildcards.slide}/segment_shards/{wildcards.shard}-of-{SEGMENT_SHARDS}.blocks",
+        shards=SEGMENT_SHARDS,
+        segment=SEGMENT_PARAMS,
+        seed=config["seed"],
+        version=stage_version("segment"),
+    wildcard_constraints:
+        shard=r"\d+",
+    log:
+        f"{RESULTS}/logs/segment_shard/{{slide}}/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/segment_shard/{{slide}}/{{shard}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/segment_shard.py"
+
+
+rule segment_stitch:
+    input:
+        image=f"{RESULTS}/{{slide}}/preprocessed.zarr",
+        shards=expand(f"{SEGMENT_SHARD_DIR}/{{shard}}-of-{SEGMENT_SHARDS}.json", shard=range(SEGMENT_SHARDS),
+                      allow_missing=True),
+    output:
+        labels=directory(f"{RESULTS}/{{slide}}/labels.zarr"),
+    params:
+        segment=SEGMENT_PARAMS,
+        seed=config["seed"],
+        pyramid=config["pyramid"],
+        version=stage_version("segment"),
+    log:
+        f"{RESULTS}/logs/segment_stitch/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/segment_stitch/{{slide}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/segment_stitch.py"

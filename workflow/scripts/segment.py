@@ -18,4 +18,5 @@ segment_slide(
     seed=snakemake.params.seed,
     progress=progress,
     pyramid_smallest=snakemake.params.pyramid["smallest"] if snakemake.params.pyramid["enabled"] else None,
+    threads=snakemake.threads,
 )

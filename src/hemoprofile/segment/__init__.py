@@ -13,6 +13,8 @@ stitched to slide-wide unique ids; and the training of the project's own Cellpos
 - :mod:`~hemoprofile.segment.diameter`: object sizes, diameter estimates and segmenting at an estimate.
 - :mod:`~hemoprofile.segment.tiled`: tiled segmentation and stitching; ``segment_slide`` (the workflow's
   entry point).
+- :mod:`~hemoprofile.segment.shards`: one slide's segmentation split into shard jobs over tile ranges,
+  resumable block by block, and the stitch job (``segment.shards``; design notes in the module).
 - :mod:`~hemoprofile.segment.metrics`: instance segmentation scores (IoU matching, AP).
 - :mod:`~hemoprofile.segment.annotation`: the tiles of a segmented slide where the segmenter is least
   sure, exported for correction in the Cellpose GUI (``hemoprofile export-for-annotation``).

@@ -43,6 +43,8 @@ class ClassicalSegmenter:
     """
 
     name = "classical"
+    #: segment() only reads the calibration, so windows may be segmented from several threads at once.
+    parallel_windows = True
 
     def __init__(self, diameter: float = 15.0, smoothing_sigma: float = 1.0, peak_distance: float = 0.3,
                  threshold_scale: float = 1.0, cytoplasm_growth: float = 0.5, min_size: int = 15,

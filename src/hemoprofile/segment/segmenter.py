@@ -52,6 +52,8 @@ class CellposeSegmenter:
 
     name = "cellpose"
     context = 0
+    #: one model call at a time: torch spreads each call over the job's threads (and a GPU runs one anyway).
+    parallel_windows = False
 
     def __init__(self, model, diameter: float = 15.0, flow_threshold: float = 0.4, cellprob_threshold: float = 0.0,
                  min_size: int = 15, normalisation: str = "slide", combine: str = "sum", model_name: str = "",

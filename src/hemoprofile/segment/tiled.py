@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 
 import numpy as np
 import zarr
@@ -142,6 +145,57 @@ def paste_tile_labels(
     return merged, next_id + n_paste, {"kept": n_kept, "duplicates": int(duplicate.sum()), "pasted": n_paste}
 
 
+def calibrate_segmenter(source, selection, tiles: list[Tile], shape_yx, cfg: Mapping, seed: int, segmenter=None):
+    """Build (when None) and calibrate a backend on the slide's tile sample (the slide-wide statistics).
+
+    The sample depends only on the tile grid, ``sample_tiles`` and ``seed``, so every shard job of a slide
+    calibrates to the same thresholds as the unsharded run. Returns the calibrated segmenter.
+    """
+    segmenter = segmenter or build_segmenter(cfg)
+    sampled = _sample_tiles(tiles, int(cfg["sample_tiles"]), seed)
+    context = max(int(getattr(segmenter, "context", 0)), 0)
+
+    def sample_windows():
+        for tile in sampled:
+            window = halo_window(tile, context, shape_yx)
+            core = (slice(tile.y0 - window[0], tile.y1 - window[0]), slice(tile.x0 - window[2], tile.x1 - window[2]))
+            yield _read_window(source, selection.indices, window), core
+
+    segmenter.calibrate(sample_windows, len(selection.indices))
+    segmenter.calibrated_on = len(sampled)
+    return segmenter
+
+
+def segment_windows(segmenter, source, indices: Sequence[int], windows: Sequence[tuple[int, int, int, int]],
+                    batch_size: int = 1, threads: int = 1) -> Iterator[np.ndarray]:
+    """Yield each window's own labels (local ids), in the order of ``windows``.
+
+    Windows go to the backend in batches of ``batch_size``. With ``threads`` > 1 and a backend that is
+    safe to call from several threads (``parallel_windows``: the classical one; Cellpose gets its threads
+    through torch instead), batches run on a thread pool of that size with at most ``2 x threads``
+    batches in flight (memory stays bounded); results are still yielded in order, and each batch is
+    computed exactly as with one thread, so the output is bitwise the same.
+    """
+    batches = [list(windows[i:i + batch_size]) for i in range(0, len(windows), max(1, batch_size))]
+
+    def run(batch):
+        return segmenter.segment([_read_window(source, indices, w) for w in batch])
+
+    if threads <= 1 or not getattr(segmenter, "parallel_windows", False) or len(batches) < 2:
+        for batch in batches:
+            yield from run(batch)
+        return
+    queue = iter(batches)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="segment") as pool:
+        pending = deque(pool.submit(run, batch) for batch in islice(queue, 2 * threads))
+        while pending:
+            labels = pending.popleft().result()
+            following = next(queue, None)
+            if following is not None:
+                pending.append(pool.submit(run, following))
+            yield from labels
+
+
 def segment_tiled(
     source,
     sink,
@@ -152,6 +206,8 @@ def segment_tiled(
     segmenter=None,
     progress: Callable[[str], None] | None = print,
     source_name: str = "image",
+    threads: int = 1,
+    window_labels: Callable[[list[Tile], list[tuple[int, int, int, int]]], Iterable[np.ndarray]] | None = None,
 ) -> dict:
     """Segment an image tile by tile into ``sink`` with slide-wide unique ids (see the module doc).
 
@@ -166,6 +222,10 @@ def segment_tiled(
     segmenter : a backend from :func:`hemoprofile.segment.segmenter.build_segmenter` (built when None).
     progress : called with a message about every 10 % of the tiles; None for silence.
     source_name : what the image is, for error messages.
+    threads : threads segmenting windows (:func:`segment_windows`); the result does not depend on it.
+    window_labels : when given, the windows' labels come from it (called with the tiles and their halo
+        windows, it yields one label image per window in tile order: the shard jobs' stored windows,
+        :mod:`hemoprofile.segment.shards`) and nothing is segmented here; only the stitching runs.
 
     Returns
     -------
@@ -183,48 +243,39 @@ def segment_tiled(
     halo = halo_pixels(cfg)
     margin = CORE_MARGIN_DIAMETERS * float(cfg["diameter"])
     tiles = list(iter_tiles(shape_yx, tile_size))
+    windows = [halo_window(t, halo, shape_yx) for t in tiles]
     started = time.perf_counter()
-    segmenter = segmenter or build_segmenter(cfg)
+    if window_labels is None:
+        segmenter = calibrate_segmenter(source, selection, tiles, shape_yx, cfg, seed, segmenter)
+        device = getattr(segmenter, "device", "cpu")
+        say(f"{segmenter.name} on {device}: calibrated on {segmenter.calibrated_on} of {len(tiles)} tiles; "
+            f"{len(tiles)} tiles of {tile_size} px, halo {halo} px, {threads} thread(s)")
+        labels_iter = segment_windows(segmenter, source, selection.indices, windows,
+                                      max(1, int(cfg["batch_tiles"])), threads)
+    else:
+        device = getattr(window_labels, "device", "shards")
+        say(f"stitching {len(tiles)} tiles of {tile_size} px (halo {halo} px) from the shard jobs' windows")
+        labels_iter = iter(window_labels(tiles, windows))
 
-    sampled = _sample_tiles(tiles, int(cfg["sample_tiles"]), seed)
-    context = max(int(getattr(segmenter, "context", 0)), 0)
-
-    def sample_windows():
-        for tile in sampled:
-            window = halo_window(tile, context, shape_yx)
-            core = (slice(tile.y0 - window[0], tile.y1 - window[0]), slice(tile.x0 - window[2], tile.x1 - window[2]))
-            yield _read_window(source, selection.indices, window), core
-
-    segmenter.calibrate(sample_windows, len(selection.indices))
-    device = getattr(segmenter, "device", "cpu")
-    say(f"{segmenter.name} on {device}: calibrated on {len(sampled)} of {len(tiles)} tiles; {len(tiles)} tiles "
-        f"of {tile_size} px, halo {halo} px")
-
-    batch_size = max(1, int(cfg["batch_tiles"]))
     areas = _Areas()
     next_id = 1
     duplicates = 0
     step = max(1, len(tiles) // 10)
-    done = 0
-    for start in range(0, len(tiles), batch_size):
-        batch = tiles[start:start + batch_size]
-        windows = [halo_window(t, halo, shape_yx) for t in batch]
-        labels = segmenter.segment([_read_window(source, selection.indices, w) for w in windows])
-        for tile, window, new in zip(batch, windows, labels):
-            y0, y1, x0, x1 = window
-            written = np.asarray(sink[y0:y1, x0:x1])
-            merged, next_id, counts = paste_tile_labels(written, new, tile, window, margin, next_id, areas)
-            duplicates += counts["duplicates"]
-            if counts["pasted"]:
-                if next_id - 1 > np.iinfo(sink.dtype).max:
-                    raise OverflowError(f"{next_id - 1} objects do not fit the label dtype {sink.dtype}")
-                sink[y0:y1, x0:x1] = merged.astype(sink.dtype)
-            done += 1
-            if done % step == 0 or done == len(tiles):
-                elapsed = time.perf_counter() - started
-                mp = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles[:done]) / 1e6
-                say(f"{done}/{len(tiles)} tiles ({100 * done // len(tiles)} %), {next_id - 1} objects, "
-                    f"{mp / elapsed:.3f} MP/s")
+    for done, (tile, window) in enumerate(zip(tiles, windows), start=1):
+        new = next(labels_iter)
+        y0, y1, x0, x1 = window
+        written = np.asarray(sink[y0:y1, x0:x1])
+        merged, next_id, counts = paste_tile_labels(written, new, tile, window, margin, next_id, areas)
+        duplicates += counts["duplicates"]
+        if counts["pasted"]:
+            if next_id - 1 > np.iinfo(sink.dtype).max:
+                raise OverflowError(f"{next_id - 1} objects do not fit the label dtype {sink.dtype}")
+            sink[y0:y1, x0:x1] = merged.astype(sink.dtype)
+        if done % step == 0 or done == len(tiles):
+            elapsed = time.perf_counter() - started
+            mp = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles[:done]) / 1e6
+            say(f"{done}/{len(tiles)} tiles ({100 * done // len(tiles)} %), {next_id - 1} objects, "
+                f"{mp / elapsed:.3f} MP/s")
     seconds = time.perf_counter() - started
     megapixels = shape_yx[0] * shape_yx[1] / 1e6
     return {
@@ -246,6 +297,8 @@ def segment_slide(
     segmenter=None,
     progress: Callable[[str], None] | None = print,
     pyramid_smallest: int | None = DEFAULT_SMALLEST,
+    threads: int = 1,
+    window_labels=None,
 ) -> dict:
     """Segment a preprocessed OME-Zarr slide into an OME-Zarr label image, tile by tile.
 
@@ -259,6 +312,9 @@ def segment_slide(
     progress : called with progress messages; None for silence.
     pyramid_smallest : add 2x levels (nearest neighbour) for viewers until the long side is at most this
         many pixels (:func:`hemoprofile.io.pyramid.write_pyramid`); None writes level 0 only.
+    threads : threads segmenting windows (CPU backends); labels are bitwise the same for any count.
+    window_labels : stitch the shard jobs' windows instead of segmenting (see :func:`segment_tiled`;
+        :func:`hemoprofile.segment.shards.stitch_shards` passes it).
 
     Returns
     -------
@@ -294,7 +350,7 @@ def segment_slide(
         sink = create_ome_zarr_labels(tmp, shape_yx, tile_size, pixel_size_um=image.pixel_size_um,
                                       name="labels", dtype="uint32", extra_attributes=attributes)
         summary = segment_tiled(image.array, sink, image.channel_names, cfg, tile_size, seed, segmenter, progress,
-                                source_name=str(preprocessed_path))
+                                source_name=str(preprocessed_path), threads=threads, window_labels=window_labels)
         if pyramid_smallest:  # levels for viewers (every second pixel: ids stay exact); level 0 as written
             summary["pyramid_levels"] = len(write_pyramid(tmp, pyramid_smallest, method="nearest"))
         root = zarr.open_group(str(tmp), mode="r+")
