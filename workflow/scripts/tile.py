@@ -21,4 +21,5 @@ with open_slide_source(
         tile_size=snakemake.params.tile["size"],
         compression_level=snakemake.params.tile["compression_level"],
         progress=progress,
+        threads=snakemake.threads,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -160,7 +161,9 @@ def classify_slide(patches_path: str | os.PathLike, cells_path: str | os.PathLik
         fields += [pa.field(f"pred_{m.task}", pa.string()), pa.field(f"model_{m.task}", pa.string())]
     schema = pa.schema(fields, metadata={"hemoprofile": json.dumps(
         {"models": {m.task: {"id": m.model_id, "file": m.path, "classes": m.output_classes} for m in models},
-         "device": dev.description, "tta": tta, "patches": str(patches_path)})})
+         # the thread count is left out: it does not change a byte of the results (test_classify_threads)
+         "device": re.sub(r" \(\d+ threads\)", "", dev.description), "tta": tta,
+         "patches": str(patches_path)})})
     n = len(cells)
     start, done, last_report = time.perf_counter(), 0, 0.0
     progress(f"{n} cells, {len(models)} model(s) {tasks}, {dev.description}")
