@@ -3,8 +3,10 @@
 Builds one synthetic slide in --workdir (an OME-TIFF of 4 uint16 channels with disc-shaped cells, its
 label image, a random-weight CellNet classifier and a VAE embedder trained for one epoch), then runs
 tile, preprocess, extract, classify and embed at each thread count, in this process, one after the
-other, and prints wall time per thread count, the speed-up and whether the outputs are byte-identical
-(chunk files and parquet files; zarr.json is left out, it records run times). Settings are those of
+other, and prints wall time per thread count, the speed-up, whether the outputs are byte-identical
+(chunk files and parquet files; zarr.json is left out, it records run times) and the cores the process
+kept busy (its CPU time over wall time: near 2 with 2 threads means the work ran in parallel and a
+missing speed-up is other jobs' load; near 1 means it was serialised). Settings are those of
 config/config.yaml. Segmentation is not here (its threading is segment/tiled.py's).
 
     PYTHONPATH=src .venv/bin/python bench/threads.py --size 2048 --tile 256 --cells 3000
@@ -134,23 +136,24 @@ def main(argv=None) -> int:
     print(f"{os.cpu_count()} logical cores; torch {torch.__version__}; slide {args.size}² px x 4 channels, tile "
           f"{args.tile}, {n_labelled} cells; load average (1/5/15 min) at start: "
           f"{'/'.join(f'{v:.1f}' for v in load0)}")
-    print(f"{'stage':<11}" + "".join(f"{f'{t} thr (s)':>12}" for t in args.threads) + f"{'speed-up':>10}  identical")
+    print(f"{'stage':<11}" + "".join(f"{f'{t} thr (s)':>12}" for t in args.threads) + f"{'speed-up':>10}  identical  cores busy (CPU s / wall s)")
     ref = work / f"t{args.threads[0]}"
     stages = [("tile", run_tile), ("preprocess", run_preprocess), ("extract", run_extract),
               ("classify", run_classify), ("embed", run_embed)]
     for name, run in stages:
         if name == "classify":
             prepare_models()
-        seconds, outputs = [], []
+        seconds, outputs, busy = [], [], []
         for t in args.threads:
             out = work / f"t{t}"
             out.mkdir(exist_ok=True)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             outputs.append(run(out, t))
             seconds.append(time.perf_counter() - start)
+            busy.append((time.process_time() - cpu) / seconds[-1])
         identical = all(same_outputs(outputs[0], o) for o in outputs[1:])
         print(f"{name:<11}" + "".join(f"{s:>12.2f}" for s in seconds) + f"{seconds[0] / seconds[-1]:>9.2f}x  "
-              f"{'yes' if identical else 'NO'}", flush=True)
+              f"{'yes' if identical else 'NO':>9}  " + " / ".join(f"{b:.2f}" for b in busy), flush=True)
     print(f"load average at end: {'/'.join(f'{v:.1f}' for v in os.getloadavg())}")
     return 0
 
