@@ -116,6 +116,10 @@ STAGE_VERSION = {"stage": "extract", "version": int(hemoprofile.STAGE_VERSIONS.g
 #: Rows per parquet row group of cells.parquet (bounds the table rows held in memory).
 ROW_GROUP_ROWS = 16384
 
+#: Consecutive tiles of a row measured by one thread as one block (with threads > 1); at most 2 x threads
+#: blocks' results are held at once.
+TILES_PER_BLOCK = 8
+
 
 def _open_inputs(labels_path, image_path, preprocessed_path):
     labels = io.open_ome_zarr(labels_path)
@@ -138,9 +142,9 @@ def _open_inputs(labels_path, image_path, preprocessed_path):
 def _iter_tile_results(labels, raw, pre, cfg, threshold, nucleus_index, distance_px, say, threads=1):
     """Yield per tile, in row-major tile order: (tile index, measured columns, patches, adjacency pairs).
 
-    Tiles are measured on ``threads`` threads (:func:`hemoprofile.io.ordered_map`); each thread reads
-    through its own :class:`WindowReader` (the chunk cache is not thread-safe), and a tile's result
-    depends only on its window, so it is the same whichever thread measures it.
+    Runs of consecutive tiles are measured on ``threads`` threads (:func:`hemoprofile.io.ordered_map`);
+    each thread reads through its own :class:`WindowReader` (the chunk cache is not thread-safe), and a
+    tile's result depends only on its window, so it is the same whichever thread measures it.
     """
     lab_arr = labels.array
     slide_h, slide_w = (int(s) for s in lab_arr.shape)
@@ -187,12 +191,27 @@ def _iter_tile_results(labels, raw, pre, cfg, threshold, nucleus_index, distance
             cols, patches = None, None
         return warnings, (tile.row * n_cols + tile.col, cols, patches, pairs)
 
-    for done, (warnings, result) in enumerate(io.ordered_map(measure_tile, tiles, threads), start=1):
-        for warning in warnings:  # said here, in tile order, not from the worker threads
-            say(warning)
-        if done % report_every == 0 or done == len(tiles):
-            say(f"{done}/{len(tiles)} tiles")
-        yield result
+    # a block is a run of up to TILES_PER_BLOCK consecutive tiles of one row, measured by one thread in
+    # order: its reader's chunk cache then serves the run as it serves the one-thread loop (a tile per
+    # block would hand neighbouring tiles to different threads and decode their shared chunks twice)
+    runs = [row[i:i + TILES_PER_BLOCK] for row in _tile_rows(tiles) for i in range(0, len(row), TILES_PER_BLOCK)]
+    done = 0
+    for run in io.ordered_map(lambda run: [measure_tile(t) for t in run], runs, threads):
+        for warnings, result in run:
+            for warning in warnings:  # said here, in tile order, not from the worker threads
+                say(warning)
+            done += 1
+            if done % report_every == 0 or done == len(tiles):
+                say(f"{done}/{len(tiles)} tiles")
+            yield result
+
+
+def _tile_rows(tiles: list) -> list[list]:
+    """The tiles (row-major) grouped by tile row."""
+    rows: dict[int, list] = {}
+    for tile in tiles:
+        rows.setdefault(tile.row, []).append(tile)
+    return list(rows.values())
 
 
 def _arrow_column(values, arrow_type: pa.DataType) -> pa.Array:

@@ -5,6 +5,7 @@ from helpers.thread_equality import assert_parquet_identical, assert_zarr_stores
 from skimage.draw import disk, ellipse
 
 from hemoprofile import io
+from hemoprofile.features import extract as extract_module
 from hemoprofile.features.extract import extract_slide
 
 CHANNELS = ["DAPI", "CK", "VIM", "CD45"]
@@ -35,7 +36,8 @@ def write_inputs(root, shape=(260, 300), tile=64, seed=0):
     return paths
 
 
-def test_extract_outputs_are_byte_identical_for_1_and_2_threads(tmp_path):
+def test_extract_outputs_are_byte_identical_for_1_and_2_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(extract_module, "TILES_PER_BLOCK", 2)  # rows of 5 tiles: blocks of 2, 2 and 1
     inputs = write_inputs(tmp_path)
     cfg = {"max_cell_diameter_px": 30, "patch_size": 24, "cluster_distance_um": 2.0}
     runs = {}
