@@ -54,8 +54,7 @@ def test_an_error_is_raised_at_its_block_and_later_blocks_are_cancelled():
         return i
     out = []
     with pytest.raises(ValueError, match="block 3 is bad"):
-        for r in ordered_map(block, range(100), threads=2):
-            out.append(r)
+        out.extend(ordered_map(block, range(100), threads=2))
     assert out == [0, 1, 2] and max(started) < 10
 
 
