@@ -55,7 +55,7 @@ rule classify:
         f"{RESULTS}/logs/classify/{{slide}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/classify/{{slide}}.tsv"
-    threads: 2
+    threads: config["threads"]["classify"]
     resources:
         mem_mb=4000,
     conda:

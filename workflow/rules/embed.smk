@@ -52,7 +52,7 @@ rule embed:
         f"{RESULTS}/logs/embed/{{slide}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed/{{slide}}.tsv"
-    threads: 2
+    threads: config["threads"]["embed"]
     resources:
         mem_mb=4000,
     conda:

@@ -19,7 +19,7 @@ rule extract:
         f"{RESULTS}/logs/extract/{{slide}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/extract/{{slide}}.tsv"
-    threads: 1
+    threads: config["threads"]["extract"]
     resources:
         # measured peak 365 MB with 512 px tiles (flat in the number of cells); the halo window and its
         # chunk cache grow with the tile's area

@@ -14,7 +14,7 @@ rule preprocess:
         f"{RESULTS}/logs/preprocess/{{slide}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/preprocess/{{slide}}.tsv"
-    threads: 1
+    threads: config["threads"]["preprocess"]
     resources:
         mem_mb=3000,
     conda:

@@ -15,7 +15,7 @@ rule tile:
         f"{RESULTS}/logs/tile/{{slide}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tile/{{slide}}.tsv"
-    threads: 1
+    threads: config["threads"]["tile"]
     resources:
         mem_mb=2000,
     conda:

@@ -13,4 +13,5 @@ extract_slide(
     snakemake.params.gating,
     slide=snakemake.wildcards.slide,
     progress=job_progress(snakemake.log[0], "hemoprofile"),  # lines read "extract <slide>: ..."
+    threads=snakemake.threads,
 )

@@ -8,4 +8,5 @@ preprocess_slide(
     snakemake.params.preprocess,
     seed=snakemake.params.seed,
     progress=job_progress(snakemake.log[0], f"preprocess {snakemake.wildcards.slide}"),
+    threads=snakemake.threads,
 )

@@ -22,4 +22,5 @@ with open_slide_source(
         compression_level=snakemake.params.tile["compression_level"],
         progress=progress,
         pyramid_smallest=snakemake.params.pyramid["smallest"] if snakemake.params.pyramid["enabled"] else None,
+        threads=snakemake.threads,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,11 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from hemoprofile.classify.checkpoints import LoadedClassifier, load_classifier
-from hemoprofile.io import atomic_output
+from hemoprofile.io import atomic_output, ordered_map, resolve_threads
 from hemoprofile.io.patches import check_patches_match_cells, open_patch_array
 from hemoprofile.io.tables import read_cells
 from hemoprofile.nn.augment import centre_crop, dihedral, to_unit_float
-from hemoprofile.nn.devices import DeviceChoice, pick_device
+from hemoprofile.nn.devices import DeviceChoice, pick_device, ready_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def predict_proba(model: torch.nn.Module, patches, device: DeviceChoice, batch_s
     if tta not in (1, 2, 4, 8):
         raise ValueError(f"tta must be 1, 2, 4 or 8, got {tta}")
     # on the device and in the inputs' memory layout (no per-batch conversions); a no-op when already so
-    model.eval().to(device.device, memory_format=torch.channels_last)
+    ready_for_inference(model, device.device, channels_last=True)
     out = []
     for start in range(0, len(patches), batch_size):
         x = to_unit_float(patches[start:start + batch_size])
@@ -110,8 +111,8 @@ def classifier_probabilities(clf: LoadedClassifier, patches, device: DeviceChoic
     if index is None:
         index = channel_index(clf.channels, patch_channels, clf.path) if patch_channels is not None else \
             list(range(len(clf.channels)))
-    model = clf.model.to(device.device)
-    children = {k: c.model.to(device.device) for k, c in clf.children.items()}
+    model = ready_for_inference(clf.model, device.device, channels_last=True)
+    children = {k: ready_for_inference(c.model, device.device, channels_last=True) for k, c in clf.children.items()}
     out = []
     for start in range(0, len(patches), batch_size):
         x = _prepare_input(to_unit_float(np.asarray(patches[start:start + batch_size])), index, clf.input_size)
@@ -139,6 +140,10 @@ def classify_slide(patches_path: str | os.PathLike, cells_path: str | os.PathLik
     size, and streams row groups to parquet. Columns: slide, cell_id, then per model ``p_<task>_<class>``
     (float32), ``pred_<task>`` (string, the most probable class) and ``model_<task>`` (model id).
 
+    ``threads`` (the rule's): on a CPU that many blocks are classified at once, torch running each on
+    one thread (:func:`hemoprofile.io.ordered_map`; rows are written in block order, so the file is byte
+    for byte the same for any number); None leaves torch's own thread setting and one block at a time.
+
     Returns
     -------
     dict with slide, n_cells, seconds, cells_per_second, device, model ids.
@@ -160,33 +165,57 @@ def classify_slide(patches_path: str | os.PathLike, cells_path: str | os.PathLik
         fields += [pa.field(f"pred_{m.task}", pa.string()), pa.field(f"model_{m.task}", pa.string())]
     schema = pa.schema(fields, metadata={"hemoprofile": json.dumps(
         {"models": {m.task: {"id": m.model_id, "file": m.path, "classes": m.output_classes} for m in models},
-         "device": dev.description, "tta": tta, "patches": str(patches_path)})})
+         # the thread count is left out: it does not change a byte of the results (test_classify_threads)
+         "device": re.sub(r" \(\d+ threads\)", "", dev.description), "tta": tta,
+         "patches": str(patches_path)})})
     n = len(cells)
     start, done, last_report = time.perf_counter(), 0, 0.0
     progress(f"{n} cells, {len(models)} model(s) {tasks}, {dev.description}")
 
+    # On a CPU, `threads` blocks are classified at once, each by torch on one thread: every block goes
+    # through the same single-threaded kernels whatever the thread count (identical bytes by
+    # construction), reading and decoding overlap, and no intra-op barrier waits on a descheduled
+    # thread when the machine is shared. On a GPU the blocks run one after the other.
+    workers = resolve_threads(threads) if threads and dev.device.type == "cpu" else 1
+    if workers > 1:
+        torch.set_num_threads(1)
+    for m in models:  # converted here, once, so the worker threads only read the weights
+        ready_for_inference(m.model, dev.device, channels_last=True)
+        for child in m.children.values():
+            ready_for_inference(child.model, dev.device, channels_last=True)
+
     def read(lo):
         return np.asarray(array[lo:min(lo + batch_size, n)])
 
-    # the next block is read and decompressed (Blosc releases the GIL) while this one is classified
-    with atomic_output(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer, ThreadPoolExecutor(1) as pool:
+    def predict_block(lo, block):
+        hi = lo + len(block)
+        cols = {"slide": pa.array(cells["slide"].iloc[lo:hi].astype(str).tolist(), pa.string()),
+                "cell_id": pa.array(cells["cell_id"].iloc[lo:hi].to_numpy(np.int64))}
+        for m, index in zip(models, indices):
+            p = classifier_probabilities(m, block, dev, batch_size, tta, index=index)
+            for j, name in enumerate(prediction_columns(m)):
+                cols[name] = pa.array(p[:, j])
+            classes = np.array(m.output_classes, dtype=object)
+            cols[f"pred_{m.task}"] = pa.array(classes[p.argmax(1)].tolist() if len(p) else [], pa.string())
+            cols[f"model_{m.task}"] = pa.array([m.model_id] * (hi - lo), pa.string())
+        return pa.table([cols[f.name] for f in schema], schema=schema)
+
+    def prefetched(pool):
+        # the next block is read and decompressed (Blosc releases the GIL) while this one is classified
         pending = pool.submit(read, 0) if n else None
         for lo in range(0, n, batch_size):
             hi = min(lo + batch_size, n)
             block = pending.result()
             if hi < n:
                 pending = pool.submit(read, hi)
-            cols = {"slide": pa.array(cells["slide"].iloc[lo:hi].astype(str).tolist(), pa.string()),
-                    "cell_id": pa.array(cells["cell_id"].iloc[lo:hi].to_numpy(np.int64))}
-            for m, index in zip(models, indices):
-                p = classifier_probabilities(m, block, dev, batch_size, tta, index=index)
-                for j, name in enumerate(prediction_columns(m)):
-                    cols[name] = pa.array(p[:, j])
-                classes = np.array(m.output_classes, dtype=object)
-                cols[f"pred_{m.task}"] = pa.array(classes[p.argmax(1)].tolist() if len(p) else [], pa.string())
-                cols[f"model_{m.task}"] = pa.array([m.model_id] * (hi - lo), pa.string())
-            writer.write_table(pa.table([cols[f.name] for f in schema], schema=schema))
-            done = hi
+            yield predict_block(lo, block)
+
+    with atomic_output(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer, ThreadPoolExecutor(1) as pool:
+        tables = (prefetched(pool) if workers == 1 else
+                  ordered_map(lambda lo: predict_block(lo, read(lo)), range(0, n, batch_size), workers))
+        for table in tables:  # written in block order
+            writer.write_table(table)
+            done += table.num_rows
             elapsed = time.perf_counter() - start
             if elapsed - last_report >= 10 or done == n:
                 last_report = elapsed

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from hemoprofile.embed.clustering import apply_pca, assign_latent_clusters
 from hemoprofile.embed.metrics import json_default
@@ -29,10 +30,10 @@ from hemoprofile.embed.orientation import maybe_orient
 from hemoprofile.embed.sample import read_angles
 from hemoprofile.embed.settings import STAGE_VERSION
 from hemoprofile.embed.training import encode
-from hemoprofile.io import atomic_output
+from hemoprofile.io import atomic_output, ordered_map, resolve_threads
 from hemoprofile.io.patches import check_patches_match_cells, open_patch_array
 from hemoprofile.io.tables import read_cells
-from hemoprofile.nn.devices import pick_device
+from hemoprofile.nn.devices import pick_device, ready_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ def embed_slide(model_path: str | os.PathLike | Embedder, patches_path: str | os
 
     Streams ``batch_size`` patches at a time and writes one parquet row group per block, so memory is
     bounded whatever the slide's size. A model trained with ``embed.orientation: major_axis`` gets the
-    patches rotated the same way as they are read (cells.parquet ``orientation_deg``).
+    patches rotated the same way as they are read (cells.parquet ``orientation_deg``). ``threads`` (the
+    rule's): on a CPU that many blocks are embedded at once, torch on one thread each; the file is byte for
+    byte the same for any number (None: torch's own thread setting, one block at a time).
 
     Parameters
     ----------
@@ -105,20 +108,31 @@ def embed_slide(model_path: str | os.PathLike | Embedder, patches_path: str | os
     angles = read_angles(cells_path) if emb.orientation != "none" else None
     counts = np.zeros(int(emb.clustering["k"]), np.int64)
     block = max(1, int(batch_size)) * 4
+    # On a CPU, `threads` blocks are embedded at once, torch running each on one thread (the same kernels
+    # whatever the thread count, so identical bytes by construction; see classify_slide); rows are written
+    # in block order. On a GPU the blocks run one after the other.
+    workers = resolve_threads(threads) if threads and dev.device.type == "cpu" else 1
+    if workers > 1:
+        torch.set_num_threads(1)
+    ready_for_inference(emb.model, dev.device)  # converted once here; the worker threads only read it
+
+    def embed_block(s):
+        e = min(s + block, len(ids))
+        conds = emb.conditions_for([category] * (e - s))
+        block_patches = maybe_orient(np.asarray(array[s:e]), emb.orientation, emb.channels,
+                                     None if angles is None else angles[s:e])
+        z = encode(emb.model, block_patches, conds, dev, batch_size)
+        xy = apply_pca(emb.pca, z)
+        cl = assign_latent_clusters(emb.clustering, z)
+        cols = [pa.array([slide] * (e - s), pa.string()), pa.array(ids[s:e], pa.int64())]
+        cols += [pa.array(z[:, i], pa.float32()) for i in range(d)]
+        cols += [pa.array(xy[:, 0], pa.float32()), pa.array(xy[:, 1], pa.float32()), pa.array(cl, pa.int32())]
+        return e, cl, pa.Table.from_arrays(cols, schema=schema)
+
     with atomic_output(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for s in range(0, len(ids), block):
-            e = min(s + block, len(ids))
-            conds = emb.conditions_for([category] * (e - s))
-            block_patches = maybe_orient(np.asarray(array[s:e]), emb.orientation, emb.channels,
-                                         None if angles is None else angles[s:e])
-            z = encode(emb.model, block_patches, conds, dev, batch_size)
-            xy = apply_pca(emb.pca, z)
-            cl = assign_latent_clusters(emb.clustering, z)
+        for e, cl, table in ordered_map(embed_block, range(0, len(ids), block), workers):
             counts += np.bincount(cl, minlength=len(counts))
-            cols = [pa.array([slide] * (e - s), pa.string()), pa.array(ids[s:e], pa.int64())]
-            cols += [pa.array(z[:, i], pa.float32()) for i in range(d)]
-            cols += [pa.array(xy[:, 0], pa.float32()), pa.array(xy[:, 1], pa.float32()), pa.array(cl, pa.int32())]
-            writer.write_table(pa.Table.from_arrays(cols, schema=schema))
+            writer.write_table(table)
             say(f"{e}/{len(ids)} cells embedded")
         if not len(ids):
             writer.write_table(schema.empty_table())

@@ -30,7 +30,7 @@ from hemoprofile.embed.model_files import save_embedder
 from hemoprofile.embed.sample import EmbedSlide, condition_matrix, load_sample
 from hemoprofile.embed.settings import STAGE_VERSION, embed_defaults, resolve_embed
 from hemoprofile.nn.augment import random_dihedral
-from hemoprofile.nn.devices import DeviceChoice, pick_device
+from hemoprofile.nn.devices import DeviceChoice, pick_device, ready_for_inference
 from hemoprofile.nn.vae import ConvVAE, VAESpec, build_vae, vae_loss
 from hemoprofile.vocabulary import to_unit
 
@@ -171,7 +171,7 @@ def encode(model: ConvVAE, patches, conditions: np.ndarray | None = None, device
     (3, 2)
     """
     device = device or pick_device("cpu", mixed_precision=False)
-    model = model.to(device.device).eval()
+    model = ready_for_inference(model, device.device)  # converts nothing when already there (threads share it)
     out = np.zeros((len(patches), model.spec.latent_dim), np.float32)
     for s in range(0, len(patches), batch_size):
         x = _unit_tensor(np.asarray(patches[s:s + batch_size])).to(device.device)

@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 import hemoprofile
-from hemoprofile.io import atomic_output, create_ome_zarr_image, iter_tiles
+from hemoprofile.io import atomic_output, create_ome_zarr_image, iter_tiles, ordered_map, resolve_threads
 from hemoprofile.io.pyramid import DEFAULT_SMALLEST, write_pyramid
 from hemoprofile.io.slide_sources import SlideSource
 
@@ -51,6 +51,7 @@ def tile_slide(
     *,
     slide_name: str | None = None,
     pyramid_smallest: int | None = DEFAULT_SMALLEST,
+    threads: int | None = 1,
 ) -> dict:
     """Write a slide as an OME-Zarr image (c, y, x) with one chunk per ``tile_size`` x ``tile_size`` tile.
 
@@ -76,6 +77,9 @@ def tile_slide(
         Add 2x mean-downsampled levels for viewers until the long side is at most this many pixels
         (:func:`hemoprofile.io.pyramid.write_pyramid`); None writes level 0 only. Level 0 is the same
         either way.
+    threads : int, optional
+        Threads that check, summarise and compress tiles (the source is read in one thread, in tile
+        order); the output is byte for byte the same for any number (:func:`hemoprofile.io.ordered_map`).
 
     Returns
     -------
@@ -101,6 +105,7 @@ def tile_slide(
     ...     tile_slide(src, "results/P01_S1/image.zarr", tile_size=512)  # doctest: +SKIP
     """
     tile_size = int(tile_size)
+    threads = resolve_threads(threads)
     if tile_size <= 0:
         raise ValueError(f"tile_size must be positive, got {tile_size}")
     if not 0 <= int(compression_level) <= 9:
@@ -152,20 +157,28 @@ def tile_slide(
         for c, channel in enumerate(source.channel_names):
             lo, hi = None, None
             flat, first_flat, n_saturated = [], None, 0
-            for done, t in enumerate(tiles, start=1):
-                data = source.read_region(c, t.y0, t.y1, t.x0, t.x1)
+
+            def write_tile(job, c=c, channel=channel):
+                # runs on a worker thread: checks, summarises and writes (compresses) one chunk
+                t, data = job
                 if is_float:
                     data = _finite_float32(data, source, channel, t)
-                if data.size:
-                    tile_lo, tile_hi = data.min(), data.max()
+                summary = _tile_summary(data, saturation)
+                array[c, t.y0 : t.y1, t.x0 : t.x1] = data
+                return t, summary
+
+            # the source is read here, in tile order (its block cache is not thread-safe); the tiles are
+            # summarised and written on `threads` threads and their summaries combined in tile order
+            reads = ((t, source.read_region(c, t.y0, t.y1, t.x0, t.x1)) for t in tiles)
+            for done, (t, summary) in enumerate(ordered_map(write_tile, reads, threads), start=1):
+                if summary is not None:
+                    tile_lo, tile_hi, tile_saturated = summary
                     lo = tile_lo if lo is None else min(lo, tile_lo)
                     hi = tile_hi if hi is None else max(hi, tile_hi)
                     if tile_lo == tile_hi:
                         flat.append([t.row, t.col, tile_lo.item()])
                         first_flat = first_flat or f"y[{t.y0}:{t.y1}] x[{t.x0}:{t.x1}]"
-                    if saturation is not None and tile_hi == saturation:
-                        n_saturated += int(np.count_nonzero(data == saturation))
-                array[c, t.y0 : t.y1, t.x0 : t.x1] = data
+                    n_saturated += tile_saturated
                 if done % report_every == 0 or done == len(tiles):
                     say(f"tile {name} {channel}: {done}/{len(tiles)} tiles")
             minima.append(lo.item())
@@ -203,6 +216,17 @@ def tile_slide(
         "pyramid_levels": [tuple(level) for level in levels],
         "pyramid_seconds": pyramid_seconds,
     }
+
+
+def _tile_summary(data: np.ndarray, saturation) -> tuple | None:
+    """(min, max, pixels at ``saturation``) of one tile; None for an empty tile."""
+    if not data.size:
+        return None
+    tile_lo, tile_hi = data.min(), data.max()
+    n_saturated = 0
+    if saturation is not None and tile_hi == saturation:
+        n_saturated = int(np.count_nonzero(data == saturation))
+    return tile_lo, tile_hi, n_saturated
 
 
 def _warn_blank_or_saturated(say, where, flat, first_window, n_saturated, n_tiles, n_pixels) -> None:

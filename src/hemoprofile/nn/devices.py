@@ -98,3 +98,21 @@ def pick_device(requested: str = "auto", mixed_precision: bool = True, threads: 
         text = f"cpu ({torch.get_num_threads()} threads), {'bfloat16 autocast' if amp else 'float32'}"
     logger.info("device: %s", text)
     return DeviceChoice(device, amp, text)
+
+
+def ready_for_inference(model: torch.nn.Module, device: torch.device, channels_last: bool = False) -> torch.nn.Module:
+    """``model`` in eval mode on ``device`` (channels-last when asked), converted only where it is not yet.
+
+    ``Module.to`` reassigns every parameter even when nothing changes; skipping it for a model already in
+    place lets several threads run the same model's forward passes (block-parallel CPU inference,
+    :func:`hemoprofile.io.ordered_map`) without one thread rewriting weights another is reading.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    moved = any(t.device.type != device.type for t in tensors)
+    laid_out = not channels_last or all(
+        t.is_contiguous(memory_format=torch.channels_last) for t in model.parameters() if t.dim() == 4)
+    if moved or not laid_out:
+        model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    if model.training:
+        model.eval()
+    return model

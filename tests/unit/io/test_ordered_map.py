@@ -1,0 +1,64 @@
+"""hemoprofile.io.blocks.ordered_map: results in block order, a bounded window, errors at their turn."""
+
+import threading
+import time
+
+import pytest
+
+from hemoprofile.io import ordered_map, resolve_threads
+
+
+def test_results_come_in_item_order_even_when_later_blocks_finish_first():
+    def slow_first(i):
+        time.sleep(0.02 if i % 3 == 0 else 0.0)
+        return i * i
+    assert list(ordered_map(slow_first, range(20), threads=3)) == [i * i for i in range(20)]
+    assert list(ordered_map(slow_first, range(20), threads=1)) == [i * i for i in range(20)]
+
+
+def test_at_most_two_blocks_per_thread_are_in_flight():
+    lock, state = threading.Lock(), {"taken": 0, "yielded": 0, "max": 0}
+
+    def items():
+        for i in range(40):
+            with lock:
+                state["taken"] += 1
+                state["max"] = max(state["max"], state["taken"] - state["yielded"])
+            yield i
+
+    for _ in ordered_map(lambda i: time.sleep(0.001) or i, items(), threads=2):
+        with lock:
+            state["yielded"] += 1
+    assert state["taken"] == 40 and state["max"] <= 4
+
+
+def test_several_threads_really_run_at_once():
+    seen, barrier = set(), threading.Barrier(2, timeout=5)
+
+    def block(i):
+        barrier.wait()  # deadlocks (BrokenBarrierError after 5 s) unless two blocks run together
+        seen.add(threading.get_ident())
+        return i
+    assert list(ordered_map(block, range(4), threads=2)) == [0, 1, 2, 3]
+    assert len(seen) == 2
+
+
+def test_an_error_is_raised_at_its_block_and_later_blocks_are_cancelled():
+    started = []
+
+    def block(i):
+        started.append(i)
+        if i == 3:
+            raise ValueError("block 3 is bad")
+        time.sleep(0.01)
+        return i
+    out = []
+    with pytest.raises(ValueError, match="block 3 is bad"):
+        out.extend(ordered_map(block, range(100), threads=2))
+    assert out == [0, 1, 2] and max(started) < 10
+
+
+def test_resolve_threads():
+    assert resolve_threads(None) == 1 and resolve_threads(0) == 1 and resolve_threads(4) == 4
+    with pytest.raises(ValueError, match="threads must be"):
+        resolve_threads(-2)
