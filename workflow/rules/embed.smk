@@ -52,7 +52,9 @@ rule embed:
         f"{RESULTS}/logs/embed/{{slide}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed/{{slide}}.tsv"
-    threads: 2
+    # one thread per slide: slides run side by side, which beats two threads on one slide (on the demo
+    # a job is mostly start-up, 3-4 s per slide with wall time = CPU time: a second thread sat idle)
+    threads: 1
     resources:
         mem_mb=4000,
     conda:
