@@ -55,9 +55,7 @@ rule classify:
         f"{RESULTS}/logs/classify/{{slide}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/classify/{{slide}}.tsv"
-    # one thread per slide: slides run side by side, which beats two threads on one slide (on the demo
-    # a job is mostly start-up, 3-4 s per slide with wall time = CPU time: a second thread sat idle)
-    threads: 1
+    threads: 2
     resources:
         mem_mb=4000,
     conda:
