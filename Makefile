@@ -1,5 +1,7 @@
 # hemoprofile: the two commands a newcomer needs.
 #   make demo   create the environment (first time), then run the workflow on the built-in synthetic cohort
+#               (the quick demo, config/config.yaml: classical segmenter, shorter training)
+#   make demo-full   the same cohort with the settings of config/full.yaml (Cellpose, full training)
 #   make test   create the environment (first time), then run the whole test suite
 # Both work offline on a machine with no GPU; installs come from the Python package index only.
 
@@ -12,7 +14,7 @@ TORCH_SPEC ?= torch==2.13.0
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: env demo test test-fast lint dryrun clean-results
+.PHONY: env demo demo-full test test-fast lint dryrun clean-results
 
 env: $(STAMP)
 
@@ -25,8 +27,13 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	@echo "== running the workflow on the synthetic cohort (outputs in results/) =="
+	@echo "== running the quick demo on the synthetic cohort (outputs in results/; make demo-full: the full one) =="
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+	@echo "== done: outputs under results/ (README.md, section What the demo writes, lists them) =="
+
+demo-full: $(STAMP)
+	@echo "== running the full demo (config/config.yaml + config/full.yaml; outputs in results/) =="
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --configfile config/full.yaml
 	@echo "== done: outputs under results/ (README.md, section What the demo writes, lists them) =="
 
 test: $(STAMP)
