@@ -34,7 +34,8 @@ from helpers.tiny_workflow import tiny_config  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 PROFILE = REPO / "profiles" / "slurm"
-GPU_RULES = {"segment", "segment_shard", "train_segmenter", "train_classifier", "classify", "train_embedder", "embed"}
+GPU_RULES = {"segment", "segment_shard", "train_segmenter", "finetune_segmenter", "train_classifier", "classify",
+             "classify_collection", "train_embedder", "embed"}
 GPU_PARTITION = "gpu"
 CPU_PARTITION = "cpu"  # the test cluster's default partition, which CPU rules fall back to
 # What the one-node test cluster needs on top of the profile (nothing about partitions or resources):

@@ -17,8 +17,8 @@ EXPORT_EXAMPLE = """example:
 """
 
 TRAIN_EXAMPLE = """example:
-  hemoprofile train-segmenter fix_me/cellpose --out models/segmentation/my_lab.pt --steps 200
-  # then set segment.model: models/segmentation/my_lab.pt in the config and rerun snakemake
+  hemoprofile train-segmenter fix_me/cellpose --out my_models/my_lab.pt --steps 200
+  # then set segment.model: my_models/my_lab.pt in the config and rerun snakemake
 """
 
 
