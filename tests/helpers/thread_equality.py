@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 #: Keys that record how long a run took, the only thing allowed to differ between two runs.
-VOLATILE_KEYS = {"seconds"}
+VOLATILE_KEYS = {"seconds", "pyramid_seconds"}  # run times recorded in the provenance
 
 
 def _without_volatile(value):
