@@ -335,6 +335,21 @@ def segmenter_dsb_index(wildcards):
     return f"{dsb_dir}/index.csv"
 
 
+def finetune_annotation_files(wildcards):
+    """Every file of train_segmenter.finetune.folders (a new or corrected file retrains rule finetune_segmenter)."""
+    folders = config["train_segmenter"]["finetune"]["folders"]
+    if not folders:
+        raise WorkflowError("train_segmenter.finetune.folders is empty: name the folders of your annotated images "
+                            "(e.g. the corrected output of `hemoprofile export-for-annotation`)")
+    files = []
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise WorkflowError(f"train_segmenter.finetune.folders: {folder} is not a folder")
+        files += sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                        if os.path.isfile(os.path.join(folder, name)))
+    return files
+
+
 # --- viewer entries (rule in view.smk) ---
 
 

@@ -83,21 +83,6 @@ FINETUNE = config["train_segmenter"]["finetune"]
 FINETUNE_START = model_input(FINETUNE.get("start_model") or bundled_segmentation_model(), "train_segmenter.finetune.start_model")
 
 
-def finetune_annotation_files(wildcards):
-    """Every file of the annotated folders (a new or corrected file retrains)."""
-    folders = FINETUNE["folders"]
-    if not folders:
-        raise WorkflowError("train_segmenter.finetune.folders is empty: name the folders of your annotated images "
-                            "(e.g. the corrected output of `hemoprofile export-for-annotation`)")
-    files = []
-    for folder in folders:
-        if not os.path.isdir(folder):
-            raise WorkflowError(f"train_segmenter.finetune.folders: {folder} is not a folder")
-        files += sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                        if os.path.isfile(os.path.join(folder, name)))
-    return files
-
-
 rule finetune_segmenter:
     input:
         annotations=finetune_annotation_files,
