@@ -129,7 +129,8 @@ def main() -> None:
         print(f"generated one slide of {args.cells:,} cells in {folder} in {time.perf_counter() - started:.0f} s")
     baseline_dir = args.workdir / "baseline"
     baseline_dir.mkdir(parents=True, exist_ok=True)
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:src/hemoprofile/patients/aggregate.py"],
+    source = subprocess.run(["git", "-C", str(ROOT), "show",
+                             f"{BASELINE_COMMIT}:src/hemoprofile/patients/aggregate.py"],
                             capture_output=True, text=True, check=True).stdout
     (baseline_dir / "aggregate_49fae87.py").write_text(source)
 

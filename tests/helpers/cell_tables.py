@@ -50,8 +50,9 @@ def write_cell_tables(folder, slide: str, n_cells: int, *, seed: int = 0, latent
     for task, classes in tasks.items():
         pred_fields += [(f"p_{task}_{c}", pa.float32()) for c in classes]
         pred_fields += [(f"pred_{task}", pa.string()), (f"model_{task}", pa.string())]
-    ps = _meta(pa.schema(pred_fields), {"models": {t: {"id": MODEL_IDS.get(t, t[:12]), "file": f"models/classifier_{t}.pt",
-                                                        "classes": c} for t, c in tasks.items()}})
+    models = {t: {"id": MODEL_IDS.get(t, t[:12]), "file": f"models/classifier_{t}.pt", "classes": c}
+              for t, c in tasks.items()}
+    ps = _meta(pa.schema(pred_fields), {"models": models})
     es = _meta(pa.schema([("slide", pa.string()), ("cell_id", pa.int64())]
                          + [(f"z_{i}", pa.float32()) for i in range(latent_dim)]
                          + [("map_x", pa.float32()), ("map_y", pa.float32()), ("cluster", pa.int32())]),
@@ -112,7 +113,8 @@ def _cells(schema: pa.Schema, rng, slides, ids, pixel_size_um, gate_labels, cell
         "eccentricity": rng.random(n).astype(np.float32), "solidity": rng.uniform(0.8, 1, n).astype(np.float32),
         "nucleus_area": (area * 0.4).astype(np.int32), "nucleus_ratio": rng.uniform(0.2, 0.8, n).astype(np.float32),
         "orientation_deg": rng.uniform(-90, 90, n).astype(np.float32),
-        "at_border": rng.random(n) < 0.02, "cluster_id": np.where(ids % 10 < 2, ids // 10, -1) if cell_pairs else ids.copy(),
+        "at_border": rng.random(n) < 0.02,
+        "cluster_id": np.where(ids % 10 < 2, ids // 10, -1) if cell_pairs else ids.copy(),
         "gate_label": np.array(gate_labels, dtype=object)[rng.integers(0, len(gate_labels), n)],
     }
     for c in CHANNELS:

@@ -160,7 +160,8 @@ def plot_reconstructions(originals: np.ndarray, reconstructions: np.ndarray, cha
     _save(fig, path)
 
 
-def map_predictions(frame: pd.DataFrame, items: Sequence, prediction_paths: Sequence[str] | None) -> pd.DataFrame | None:
+def map_predictions(frame: pd.DataFrame, items: Sequence,
+                    prediction_paths: Sequence[str] | None) -> pd.DataFrame | None:
     """The ``pred_*`` columns of the cells on the map (``frame``: slide, cell_id), one row per frame row
     (NaN where a slide has no predictions); None without prediction files.
 

@@ -100,7 +100,8 @@ def test_patient_row_is_the_same_for_string_and_categorical_cell_types():
                           "latent_cluster": rng.integers(0, 3, n),
                           "area_um2": rng.normal(50, 5, n).astype(np.float32)})
     plain = patient_row(cells, ["T", "B", "NK", "CTC"], 3, ["area_um2"])
-    as_categories = cells.assign(cell_type=cells["cell_type"].astype("category"), slide=cells["slide"].astype("category"))
+    as_categories = cells.assign(cell_type=cells["cell_type"].astype("category"),
+                                 slide=cells["slide"].astype("category"))
     assert patient_row(as_categories, ["T", "B", "NK", "CTC"], 3, ["area_um2"]) == pytest.approx(plain, nan_ok=True)
     assert plain["count_NK"] == 0 and np.isnan(plain["area_um2__NK"]) and plain["ctc_leukocyte_clusters"] > 0
 
