@@ -173,11 +173,70 @@ def cell_type_names(tasks: Sequence[str]) -> list[str]:
     return names + ([CTC] if "ctc" in tasks else [])
 
 
+def cell_type_columns(columns: Sequence[str]) -> list[str]:
+    """The prediction columns :func:`cell_types` reads from a table with these ``columns``: the finest
+    task of :data:`TYPE_TASKS` present and ``pred_ctc`` (so a reader can load only those).
+
+    Example
+    -------
+    >>> cell_type_columns(["cell_id", "pred_lineage", "pred_immune5", "p_ctc_CTC", "pred_ctc"])
+    ['pred_immune5', 'pred_ctc']
+    """
+    task = next((t for t in TYPE_TASKS if f"pred_{t}" in columns), None)
+    return ([f"pred_{task}"] if task else []) + (["pred_ctc"] if "pred_ctc" in columns else [])
+
+
+def _string_categorical(values: pd.Series) -> pd.Categorical:
+    """``values`` as a categorical of their ``str`` forms (a missing value reads ``"None"``, as an
+    object column read from parquet would), without converting row by row."""
+    cat = values.astype("category").array if not isinstance(values.dtype, pd.CategoricalDtype) else values.array
+    codes = np.asarray(cat.codes, np.int64)
+    missing = bool((codes < 0).any())
+    names = np.array([str(c) for c in cat.categories] + (["None"] if missing else []), dtype=object)
+    unique, inverse = np.unique(names, return_inverse=True)
+    return pd.Categorical.from_codes(inverse[codes], unique)  # code -1 (missing) -> the last name, "None"
+
+
+def cell_types_categorical(predictions: pd.DataFrame) -> tuple[pd.Categorical, str]:
+    """:func:`cell_types` as a ``pd.Categorical`` (one byte or so per cell instead of a Python string):
+    the per-cell type of millions of cells in little memory. Prediction columns may be object or
+    categorical (e.g. parquet read with ``read_dictionary``).
+
+    Example
+    -------
+    >>> p = pd.DataFrame({"pred_immune5": ["T", "B", "T"], "pred_ctc": ["leukocyte", "leukocyte", "CTC"]})
+    >>> types, task = cell_types_categorical(p)
+    >>> list(types), list(types.categories), task
+    (['T', 'B', 'CTC'], ['B', 'T', 'CTC'], 'immune5')
+    """
+    columns = cell_type_columns(list(predictions.columns))
+    if not columns:
+        raise ValueError(
+            f"predictions have no cell-type column: need pred_ctc or one of "
+            f"{', '.join('pred_' + t for t in TYPE_TASKS)}; columns are {list(predictions.columns)}"
+        )
+    task = columns[0][len("pred_"):] if columns[0] != "pred_ctc" else None
+    if task is None:
+        types = pd.Categorical.from_codes(np.zeros(len(predictions), np.int64), ["leukocyte"])
+    else:
+        types = _string_categorical(predictions[f"pred_{task}"])
+    if "pred_ctc" in predictions:
+        ctc = _string_categorical(predictions["pred_ctc"])
+        if CTC in ctc.categories:
+            is_ctc = np.asarray(ctc.codes) == ctc.categories.get_loc(CTC)
+            names = list(types.categories) + ([] if CTC in types.categories else [CTC])
+            codes = np.asarray(types.codes, np.int64).copy()
+            codes[is_ctc] = names.index(CTC)
+            types = pd.Categorical.from_codes(codes, names)
+    return types, task or "ctc"
+
+
 def cell_types(predictions: pd.DataFrame) -> tuple[np.ndarray, str]:
     """One cell type per cell from a slide's predictions table, and the task it came from.
 
     ``CTC`` where ``pred_ctc == "CTC"``; otherwise the prediction of the finest task of
-    :data:`TYPE_TASKS` present in the table.
+    :data:`TYPE_TASKS` present in the table (:func:`cell_types_categorical` gives the same as a
+    categorical).
 
     Example
     -------
@@ -185,16 +244,5 @@ def cell_types(predictions: pd.DataFrame) -> tuple[np.ndarray, str]:
     >>> cell_types(p)
     (array(['T', 'B', 'CTC'], dtype=object), 'immune5')
     """
-    task = next((t for t in TYPE_TASKS if f"pred_{t}" in predictions), None)
-    if task is None and "pred_ctc" not in predictions:
-        raise ValueError(
-            f"predictions have no cell-type column: need pred_ctc or one of "
-            f"{', '.join('pred_' + t for t in TYPE_TASKS)}; columns are {list(predictions.columns)}"
-        )
-    if task is None:
-        types = np.full(len(predictions), "leukocyte", dtype=object)
-    else:
-        types = predictions[f"pred_{task}"].astype(str).to_numpy(dtype=object)
-    if "pred_ctc" in predictions:
-        types = np.where(predictions["pred_ctc"].astype(str).to_numpy() == CTC, CTC, types).astype(object)
-    return types, task or "ctc"
+    types, task = cell_types_categorical(predictions)
+    return np.asarray(types, dtype=object), task

@@ -21,6 +21,7 @@ matplotlib.use("Agg")  # files only; never open a window (cluster nodes have no 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 from hemoprofile.embed.metrics import evaluate_embeddings, format_metrics, write_json  # noqa: E402
 from hemoprofile.embed.model_files import load_embedder  # noqa: E402
@@ -159,6 +160,30 @@ def plot_reconstructions(originals: np.ndarray, reconstructions: np.ndarray, cha
     _save(fig, path)
 
 
+def map_predictions(frame: pd.DataFrame, items: Sequence,
+                    prediction_paths: Sequence[str] | None) -> pd.DataFrame | None:
+    """The ``pred_*`` columns of the cells on the map (``frame``: slide, cell_id), one row per frame row
+    (NaN where a slide has no predictions); None without prediction files.
+
+    Each slide's predictions.parquet is read alone, only ``cell_id`` and the ``pred_*`` columns, and cut
+    to the cells on the map, so memory follows the map's ``max_points``, not the cohort's cells.
+    """
+    if not prediction_paths:
+        return None
+    slides = frame["slide"].astype(str).to_numpy()
+    parts = []
+    for item, path in zip(items, prediction_paths):
+        if path and os.path.exists(path):
+            names = pq.read_schema(path).names
+            p = pd.read_parquet(path, columns=["cell_id"] + [c for c in names if c.startswith("pred_")])
+            p = p[p["cell_id"].isin(frame.loc[slides == str(item.slide), "cell_id"])]
+            p.insert(0, "slide", item.slide)
+            parts.append(p)
+    if not parts:
+        return None
+    return frame[["slide", "cell_id"]].merge(pd.concat(parts), on=["slide", "cell_id"], how="left")
+
+
 def cohort_figures(model_path: str | os.PathLike, embedding_paths: Sequence[str], items: Sequence,
                    outputs: Mapping[str, str], *, truth_cells=None, prediction_paths: Sequence[str] | None = None,
                    embed_cfg: Mapping | None = None, seed: int = 0, progress=None) -> dict:
@@ -211,16 +236,7 @@ def cohort_figures(model_path: str | os.PathLike, embedding_paths: Sequence[str]
         plot_map(xy, labels, outputs["label"], f"reference label; {subtitle}", seed,
                  note="" if labels is not None else "no reference labels (truth or a collection's label column)")
     if "prediction" in outputs:
-        preds = None
-        if prediction_paths:
-            parts = []
-            for i, path in enumerate(prediction_paths):
-                if path and os.path.exists(path):
-                    p = pd.read_parquet(path)
-                    p["slide"] = items[i].slide
-                    parts.append(p[["slide", "cell_id"] + [c for c in p.columns if c.startswith("pred_")]])
-            if parts:
-                preds = frame[["slide", "cell_id"]].merge(pd.concat(parts), on=["slide", "cell_id"], how="left")
+        preds = map_predictions(frame, items, prediction_paths)
         plot_prediction_maps(xy, preds, outputs["prediction"], seed)
     if "reconstructions" in outputs:
         n = int(cfg["figures"]["reconstructions"])

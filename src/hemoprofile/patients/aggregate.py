@@ -37,11 +37,12 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from hemoprofile.io import atomic_output
 from hemoprofile.io.tables import read_table
-from hemoprofile.vocabulary import CTC, cell_types
+from hemoprofile.vocabulary import CTC, cell_type_columns, cell_types_categorical
 
 #: cells.parquet columns summarised per cell type (median), with what they measure.
 MORPHOLOGY_FEATURES = {
@@ -59,37 +60,66 @@ MORPHOLOGY_FEATURES = {
 MIN_CLUSTER_SIZE = 2
 
 
-def _slide_cells(slide: str, files: Mapping[str, str]) -> tuple[pd.DataFrame, str]:
-    """One slide's cells with their predicted type, latent cluster and cell-cluster id."""
+def _parquet_info(path: str) -> tuple[list[str], int, pa.Schema]:
+    """A parquet file's column names, row count and schema from its footer (no data read)."""
+    try:
+        meta = pq.read_metadata(path)
+    except Exception as err:  # pyarrow raises several types for a missing or broken file
+        raise ValueError(f"{path}: not a readable parquet file ({err})") from err
+    schema = meta.schema.to_arrow_schema()
+    return list(schema.names), int(meta.num_rows), schema
+
+
+def _read_types(path: str, names: Sequence[str], with_ids: bool = True) -> tuple[pd.DataFrame, pd.Categorical, str]:
+    """A predictions table's ``cell_id`` and its cells' types (categorical), reading only the columns
+    :func:`hemoprofile.vocabulary.cell_types` needs, strings dictionary-encoded (a byte per cell)."""
+    type_columns = cell_type_columns(names)
+    if not type_columns:
+        cell_types_categorical(pd.DataFrame(columns=list(names)))  # raises the error naming the columns
+    columns = (["cell_id"] if with_ids and "cell_id" in names else []) + type_columns
+    predictions = pq.read_table(path, columns=columns, read_dictionary=type_columns).to_pandas()
+    types, task = cell_types_categorical(predictions)
+    return predictions, types, task
+
+
+def _slide_cells(slide: str, files: Mapping[str, str], morphology: Mapping[str, np.dtype]) -> pd.DataFrame:
+    """One slide's cells with their predicted type (categorical), latent cluster and cell-cluster id:
+    only the columns the patient row needs."""
     cells = read_table(files["cells"], ["cell_id", "cluster_id", *MORPHOLOGY_FEATURES])
     if "cluster_id" not in cells:  # a collection: one crop per cell, no touching cells
         cells["cluster_id"] = np.full(len(cells), -1, np.int64)
-    predictions = read_table(files["predictions"])
+    names, n_predictions, _ = _parquet_info(files["predictions"])
+    if n_predictions:
+        predictions, types, _ = _read_types(files["predictions"], names)
+    else:
+        predictions, types = read_table(files["predictions"], ["cell_id"]), pd.Categorical([])
     if len(cells) != len(predictions) or not np.array_equal(cells["cell_id"], predictions["cell_id"]):
         raise ValueError(
             f"slide {slide}: {files['predictions']} has {len(predictions)} rows that do not match the "
             f"{len(cells)} cells of {files['cells']} (rerun classify for this slide)"
         )
-    types, task = cell_types(predictions) if len(predictions) else (np.array([], dtype=object), "")
-    out = cells.copy()
-    out["cell_type"] = types
+    del predictions
+    for feature, dtype in morphology.items():  # the dtype the cohort's pooled column has (float32 if all are)
+        cells[feature] = cells[feature].astype(dtype) if feature in cells else np.full(len(cells), np.nan, dtype)
+    cells["cell_type"] = types
     embedding = read_table(files.get("embedding"), ["cell_id", "cluster"])
     if embedding is not None:
         if len(embedding) != len(cells) or not np.array_equal(embedding["cell_id"], cells["cell_id"]):
             raise ValueError(f"slide {slide}: {files['embedding']} rows do not match {files['cells']}")
-        out["latent_cluster"] = embedding["cluster"].to_numpy()
-    out["slide"] = slide
-    return out, task
+        cells["latent_cluster"] = embedding["cluster"].to_numpy()
+    return cells.drop(columns="cell_id")
 
 
 def _cluster_counts(cells: pd.DataFrame) -> dict[str, float]:
     """Cell clusters (>= MIN_CLUSTER_SIZE cells) and CTC-leukocyte clusters among one patient's cells."""
-    clustered = cells[cells["cluster_id"] >= 0]
+    clustered = (cells["cluster_id"] >= 0).to_numpy()
     n_clusters = n_ctc_clusters = n_ctc_in_clusters = 0
-    if len(clustered):
-        groups = clustered.groupby(["slide", "cluster_id"])["cell_type"]
-        sizes = groups.size()
-        n_ctc = groups.apply(lambda t: int((t == CTC).sum()))
+    if clustered.any():
+        members = pd.DataFrame({"slide": cells["slide"].to_numpy()[clustered],
+                                "cluster_id": cells["cluster_id"].to_numpy()[clustered],
+                                "ctc": (cells["cell_type"] == CTC).to_numpy()[clustered].astype(np.int64)})
+        groups = members.groupby(["slide", "cluster_id"], observed=True, sort=False)["ctc"]
+        sizes, n_ctc = groups.size().to_numpy(), groups.sum().to_numpy()
         big = sizes >= MIN_CLUSTER_SIZE
         n_clusters = int(big.sum())
         mixed = big & (n_ctc > 0) & (n_ctc < sizes)
@@ -97,6 +127,69 @@ def _cluster_counts(cells: pd.DataFrame) -> dict[str, float]:
         n_ctc_in_clusters = int(n_ctc[mixed].sum())
     return {"cell_clusters": n_clusters, "ctc_leukocyte_clusters": n_ctc_clusters,
             "ctc_in_mixed_clusters": n_ctc_in_clusters}
+
+
+class _Cohort:
+    """What the first, light pass over every slide finds (footers and the cell-type columns only): the
+    notes, the cell types and latent clusters the table has columns for, and the dtype of each
+    morphology feature once the cohort's cells are pooled."""
+
+    def __init__(self, samples: pd.DataFrame, slide_files: Mapping[str, Mapping[str, str]],
+                 modality: Mapping[str, str], *, find_types: bool, find_latent: bool) -> None:
+        self.notes: list[str] = []
+        self.collection_types: list[str] = []
+        self.observed_types: set[str] = set()
+        self.latent_max: int | None = None
+        tasks: dict[str, set] = {}
+        feature_dtypes: dict[str, list] = {}
+        lacking: set[str] = set()
+        for slide in samples["slide"]:
+            files = slide_files[slide]
+            kind = modality.get(str(slide), "slide")
+            names, n_cells, schema = _parquet_info(files["cells"])
+            for f in MORPHOLOGY_FEATURES:
+                if f in names:
+                    feature_dtypes.setdefault(f, []).append(schema.field(f).type.to_pandas_dtype())
+                else:
+                    lacking.add(f)
+            pred_names, n_predictions, _ = _parquet_info(files["predictions"])
+            if n_predictions:
+                if find_types:
+                    _, types, task = _read_types(files["predictions"], pred_names, with_ids=False)
+                    seen = np.bincount(np.asarray(types.codes), minlength=len(types.categories)) > 0
+                    self.observed_types |= {str(t) for t in types.categories[seen]}
+                else:
+                    type_columns = cell_type_columns(pred_names)
+                    if not type_columns:
+                        cell_types_categorical(pd.DataFrame(columns=pred_names))  # raises naming the columns
+                    task = type_columns[0][len("pred_"):] if type_columns[0] != "pred_ctc" else "ctc"
+            else:
+                task = ""
+            if n_cells == 0:
+                self.notes.append(f"slide {slide}: no cells (it counts in n_slides and adds nothing else)")
+            else:
+                tasks.setdefault(kind, set()).add(task)
+            if kind != "slide":
+                self.collection_types += [c for c in _prediction_classes(files["predictions"])
+                                          if c not in self.collection_types]
+            if find_latent and files.get("embedding") and n_cells:
+                clusters = pq.read_table(files["embedding"], columns=["cluster"]).column("cluster")
+                top = pa.compute.max(clusters).as_py() if len(clusters) else None
+                if top is not None:
+                    self.latent_max = max(int(top), self.latent_max if self.latent_max is not None else int(top))
+        for kind, found in sorted(tasks.items()):
+            if len(found) > 1:
+                raise ValueError(f"{kind} rows were classified with different cell-type tasks {sorted(found)}; "
+                                 "rerun classify")
+            where = "" if set(tasks) == {"slide"} else f" for {kind} rows"
+            self.notes.append(f"cell types{where} come from the '{found.pop()}' classifier"
+                              + (" (CTC from 'ctc' where present)" if kind == "slide" else ""))
+        # the dtype of the feature pooled over the cohort as pandas' concat gives it: the common type of
+        # the slides that have it, NaN-capable where some slide lacks it (float32 stays float32)
+        self.morphology = {}
+        for f, dtypes in feature_dtypes.items():
+            dtype = np.result_type(*dtypes)
+            self.morphology[f] = dtype if f not in lacking or dtype.kind in "fc" else np.dtype(np.float64)
 
 
 def aggregate_patients(
@@ -108,6 +201,11 @@ def aggregate_patients(
     progress: Callable[[str], object] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Aggregate slides into one row per patient.
+
+    Memory is bounded by the largest patient, not the cohort: a light first pass reads only the
+    files' footers (and, when ``cell_type_names`` or ``latent_clusters`` is not given, the cell-type and
+    latent-cluster columns, a few bytes per cell, one slide at a time); then each patient's slides are
+    read, only the columns the row needs, cell types as a categorical, and dropped once its row is made.
 
     Parameters
     ----------
@@ -129,60 +227,58 @@ def aggregate_patients(
     if missing:
         raise ValueError(f"no files given for slide(s) {missing}")
     modality = sample_modalities(samples)
-    notes: list[str] = []
-    per_slide, tasks = [], {}
-    collection_types: list[str] = []
-    for i, slide in enumerate(samples["slide"]):
-        cells, task = _slide_cells(str(slide), slide_files[slide])
-        kind = modality.get(str(slide), "slide")
-        if len(cells) == 0:
-            notes.append(f"slide {slide}: no cells (it counts in n_slides and adds nothing else)")
-        else:
-            tasks.setdefault(kind, set()).add(task)
-        if kind != "slide":
-            collection_types += [c for c in _prediction_classes(slide_files[slide]["predictions"])
-                                 if c not in collection_types]
-        per_slide.append(cells)
-        if progress:
-            progress(f"read slide {slide} ({i + 1}/{len(samples)}, {len(cells)} cells)")
-    for kind, found in sorted(tasks.items()):
-        if len(found) > 1:
-            raise ValueError(f"{kind} rows were classified with different cell-type tasks {sorted(found)}; "
-                             "rerun classify")
-        where = "" if set(tasks) == {"slide"} else f" for {kind} rows"
-        notes.append(f"cell types{where} come from the '{found.pop()}' classifier"
-                     + (" (CTC from 'ctc' where present)" if kind == "slide" else ""))
-    all_cells = pd.concat(per_slide, ignore_index=True)
+    cohort = _Cohort(samples, slide_files, modality, find_types=cell_type_names is None,
+                     find_latent=latent_clusters is None)
     has_slides = any(modality.get(str(s), "slide") == "slide" for s in samples["slide"])
     if cell_type_names is not None:
         types = list(cell_type_names) if has_slides else []
-        types += [t for t in collection_types if t not in types]
+        types += [t for t in cohort.collection_types if t not in types]
     else:
-        types = sorted({t for t in all_cells["cell_type"] if t != CTC}) + [CTC]
-    morphology = [f for f in MORPHOLOGY_FEATURES if f in all_cells.columns]
-    if latent_clusters is None and "latent_cluster" in all_cells and len(all_cells):
-        latent_clusters = int(all_cells["latent_cluster"].max()) + 1
+        types = sorted(t for t in cohort.observed_types if t != CTC) + [CTC]
+    morphology = list(cohort.morphology)
+    if latent_clusters is None and cohort.latent_max is not None:
+        latent_clusters = cohort.latent_max + 1
 
-    slide_patient = dict(zip(samples["slide"].astype(str), samples["patient"].astype(str)))
-    all_cells["patient"] = all_cells["slide"].map(slide_patient)
+    position = {slide: i for i, slide in enumerate(samples["slide"])}
     rows = []
     for patient, sheet in samples.groupby(samples["patient"].astype(str), sort=True):
         conditions = sorted({str(c) for c in sheet["condition"]})
         if len(conditions) > 1:
             raise ValueError(f"patient {patient}: slides disagree on the condition ({', '.join(conditions)})")
-        cells = all_cells[all_cells["patient"] == patient]
-        row = patient_row(cells, types, latent_clusters, morphology)
         kinds = sorted({modality.get(str(s), "slide") for s in sheet["slide"]})
         if len(kinds) > 1:
             raise ValueError(f"patient {patient}: rows of different modalities ({', '.join(kinds)}); a patient's "
                              "features come from one modality, so give each modality its own patient id")
+        cells = _patient_cells(sheet["slide"], slide_files, cohort.morphology, position, len(samples), progress)
+        row = patient_row(cells, types, latent_clusters, morphology)
+        del cells
         ident = {"patient": patient, "condition": conditions[0]}
         if modality:
             ident["modality"] = kinds[0]
         rows.append({**ident, "n_slides": len(sheet), **row})
     table = pd.DataFrame(rows)
     order = list(column_descriptions(types, latent_clusters, morphology))
-    return table[[c for c in order if c in table]], notes
+    return table[[c for c in order if c in table]], cohort.notes
+
+
+def _patient_cells(slides: Sequence[str], slide_files: Mapping[str, Mapping[str, str]],
+                   morphology: Mapping[str, np.dtype], position: Mapping[str, int], n_slides: int,
+                   progress: Callable[[str], object] | None) -> pd.DataFrame:
+    """One patient's cells pooled over its slides (``slide`` and ``cell_type`` categorical)."""
+    parts = []
+    for slide in slides:
+        cells = _slide_cells(str(slide), slide_files[slide], morphology)
+        cells["slide"] = pd.Categorical.from_codes(np.zeros(len(cells), np.int8), [str(slide)])
+        parts.append(cells)
+        if progress:
+            progress(f"read slide {slide} ({position[slide] + 1}/{n_slides}, {len(cells)} cells)")
+    categories = sorted({str(t) for p in parts for t in p["cell_type"].cat.categories})
+    for p in parts:  # one category list, so the pooled column stays categorical
+        p["cell_type"] = p["cell_type"].cat.set_categories(categories)
+    slide_names = [str(s) for s in slides]
+    for p in parts:
+        p["slide"] = p["slide"].cat.set_categories(slide_names)
+    return pd.concat(parts, ignore_index=True)
 
 
 def sample_modalities(samples: pd.DataFrame) -> dict[str, str]:
@@ -210,6 +306,24 @@ def _prediction_classes(path: str) -> list[str]:
 
 def patient_row(cells: pd.DataFrame, types: Sequence[str], latent_clusters: int | None,
                  morphology: Sequence[str] = tuple(MORPHOLOGY_FEATURES)) -> dict:
+    """The patient-table row (without identity columns) of one patient's pooled cells.
+
+    Parameters
+    ----------
+    cells : one row per cell: ``cell_type`` (strings or a categorical), ``cluster_id`` (-1: in no
+        cluster), ``slide`` (cluster ids are per slide), optionally ``latent_cluster`` and the
+        ``morphology`` features.
+    types : the cell types that get count/frac/morphology columns.
+    latent_clusters : number of ``frac_latent_<k>`` columns (None or 0: none).
+    morphology : the :data:`MORPHOLOGY_FEATURES` summarised by type.
+
+    Example
+    -------
+    >>> cells = pd.DataFrame({"cell_type": ["T", "T", "CTC"], "cluster_id": [0, 0, -1], "slide": "S"})
+    >>> row = patient_row(cells, ["T", "CTC"], None, morphology=())
+    >>> row["n_leukocytes"], row["frac_T"], row["ctc_per_1000"], row["cell_clusters"]
+    (2, 1.0, 500.0, 1)
+    """
     n_cells = len(cells)
     is_ctc = (cells["cell_type"] == CTC).to_numpy()
     n_ctc = int(is_ctc.sum())
@@ -228,8 +342,10 @@ def patient_row(cells: pd.DataFrame, types: Sequence[str], latent_clusters: int 
     row["cell_clusters_per_1000"] = 1000.0 * clusters["cell_clusters"] / n_cells if n_cells else np.nan
     row["ctc_leukocyte_clusters"] = clusters["ctc_leukocyte_clusters"]
     row["ctc_in_clusters_fraction"] = clusters["ctc_in_mixed_clusters"] / n_ctc if n_ctc else np.nan
+    present = [f for f in morphology if f in cells]
+    medians = cells.groupby("cell_type", observed=True)[present].median() if present else None
     for feature in morphology:
-        by_type = cells.groupby("cell_type")[feature].median() if feature in cells else pd.Series(dtype=float)
+        by_type = medians[feature] if feature in present else pd.Series(dtype=float)
         for t in types:
             row[f"{feature}__{t}"] = float(by_type.get(t, np.nan))
     if latent_clusters:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from hemoprofile.report.images import DETAIL_SIZE
 from hemoprofile.report.readers import have, try_read_table
-from hemoprofile.vocabulary import TYPE_TASKS, cell_types
+from hemoprofile.vocabulary import TYPE_TASKS, cell_type_columns, cell_types_categorical
 
 TOP_CTC_CANDIDATES = 24
 TOP_CTC_CLUSTERS = 12
@@ -168,8 +169,15 @@ def _read_slide(info: SlideSummary, notes: Notes) -> None:
         in_bin = (by * 1_000_003 + bx) == best
         info.detail_centre = (int(np.median(y[in_bin])), int(np.median(x[in_bin])))
 
-    wanted = ["cell_id", "p_ctc_CTC", "pred_ctc", *[f"pred_{t}" for t in TYPE_TASKS]]
-    pred, why = try_read_table(paths.get("predictions"), "predictions table", wanted)
+    # only the columns the summary needs (the finest type task, not every one), strings as categoricals
+    type_columns = [f"pred_{t}" for t in TYPE_TASKS] + ["pred_ctc"]
+    if have(paths.get("predictions")):
+        try:
+            type_columns = cell_type_columns(pq.read_schema(paths["predictions"]).names)
+        except Exception:  # unreadable: try_read_table says why
+            pass
+    pred, why = try_read_table(paths.get("predictions"), "predictions table",
+                               ["cell_id", "p_ctc_CTC", *type_columns], categorical=type_columns)
     if pred is None:
         _note_missing(notes, info.slide, paths.get("predictions"), "predictions.parquet", why)
         return
@@ -177,14 +185,14 @@ def _read_slide(info: SlideSummary, notes: Notes) -> None:
         notes.slide("predictions whose rows are not the cells' (rerun classify)", info.slide)
         return
     try:
-        types, info.type_task = cell_types(pred)
-        info.type_counts = {str(k): int(v) for k, v in pd.Series(types).value_counts().items()}
+        types, info.type_task = cell_types_categorical(pred)
+        info.type_counts = {str(k): int(v) for k, v in pd.Series(types).value_counts().items() if v}
     except ValueError:
         notes.slide("predictions without a cell-type column", info.slide)
     if "p_ctc_CTC" not in pred:
         return
     p = pred["p_ctc_CTC"].to_numpy(np.float64)
-    is_ctc = (pred["pred_ctc"].astype(str).to_numpy() == "CTC") if "pred_ctc" in pred else p >= 0.5
+    is_ctc = (pred["pred_ctc"] == "CTC").to_numpy() if "pred_ctc" in pred else p >= 0.5
     info.n_ctc = int(is_ctc.sum())
     top = np.argsort(-p, kind="stable")[:TOP_CTC_CANDIDATES]
     info.ctc_top = pd.DataFrame({

@@ -41,9 +41,11 @@ def try_read_json(path, what: str) -> tuple[dict | None, str | None]:
         return None, f"{what} {path} is not readable JSON ({err})"
 
 
-def try_read_table(path, what: str, columns: Sequence[str] | None = None) -> tuple[pd.DataFrame | None, str | None]:
+def try_read_table(path, what: str, columns: Sequence[str] | None = None,
+                   categorical: Sequence[str] = ()) -> tuple[pd.DataFrame | None, str | None]:
     """A parquet table (or TSV for ``.tsv``), or None and why; with ``columns``, only those it has
-    (``prefix*``: every column starting with prefix)."""
+    (``prefix*``: every column starting with prefix); the ``categorical`` ones it has are read
+    dictionary-encoded (pandas categoricals: a byte or so per row instead of a Python string)."""
     if not have(path):
         return None, why_missing(path, what)
     try:
@@ -52,6 +54,7 @@ def try_read_table(path, what: str, columns: Sequence[str] | None = None) -> tup
         names = pq.read_schema(path).names
         wanted = None if columns is None else [
             n for n in names if any(n == c or (c.endswith("*") and n.startswith(c[:-1])) for c in columns)]
-        return pq.read_table(path, columns=wanted).to_pandas(), None
+        dictionary = [c for c in categorical if c in (wanted if wanted is not None else names)]
+        return pq.read_table(path, columns=wanted, read_dictionary=dictionary or None).to_pandas(), None
     except Exception as err:  # pyarrow and pandas raise many types for a broken file
         return None, f"{what} {path} is not readable ({type(err).__name__}: {err})"

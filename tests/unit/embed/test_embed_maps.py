@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers.embed_slides import TINY, two_slides
@@ -41,3 +42,22 @@ def test_cohort_figures_write_pngs_and_metrics(tmp_path):
     with pytest.raises(ValueError, match="unknown figure output"):
         cohort_figures(tmp_path / "m.pt", paths, slides, {"nope": str(tmp_path / "x.png")})
     assert set(FIGURE_KEYS) >= {"cluster", "slide", "reconstructions"}
+
+
+def test_map_predictions_reads_only_the_cells_on_the_map(tmp_path):
+    from types import SimpleNamespace
+
+    from hemoprofile.embed.maps import map_predictions
+
+    paths = []
+    for slide in ("A", "B"):
+        path = tmp_path / f"{slide}.parquet"
+        pd.DataFrame({"slide": slide, "cell_id": np.arange(1, 101), "p_ctc_CTC": 0.5,
+                      "pred_ctc": [f"{slide}{i}" for i in range(1, 101)]}).to_parquet(path)
+        paths.append(str(path))
+    items = [SimpleNamespace(slide="A"), SimpleNamespace(slide="B"), SimpleNamespace(slide="C")]
+    frame = pd.DataFrame({"slide": ["B", "A", "A", "C"], "cell_id": [7, 3, 99, 1]})
+    preds = map_predictions(frame, items, paths + [str(tmp_path / "missing.parquet")])
+    assert preds["pred_ctc"].tolist()[:3] == ["B7", "A3", "A99"] and pd.isna(preds["pred_ctc"].iloc[3])
+    assert list(preds.columns) == ["slide", "cell_id", "pred_ctc"]
+    assert map_predictions(frame, items, None) is None
