@@ -13,8 +13,18 @@ its params) and nothing else is built. Per stage it prints:
 - peak RSS: the job's VmHWM (polled every 0.2 s from /proc: a high-water mark, so a poll at any time
   holds the peak so far; only the last 0.2 s before exit can be missed); ``tree`` is
   resource.getrusage-style ru_maxrss of the whole Snakemake process tree from ``os.wait4`` (exact, but
-  Snakemake's own process counts too, so it is an upper bound);
+  Snakemake's own process counts too, so it is an upper bound); a job's forked workers (simulate's
+  frame workers, threads.simulate) are listed apart: the sum of their peaks, an upper bound since pages
+  shared with the job count in each;
 - B/cell: bytes on disk of the stage's outputs per cell.
+
+After the tile stage it prints the tile job's throughput, MB/s of raw frame pixels (frames x channels x
+frame pixels x 2 bytes, over the job's wall time), next to a baseline measured right after it on the same
+frames: a plain loop that reads each frame's channel TIFFs with tifffile and writes them into a zarr
+array with tile's chunking and codec ((1, tile.size, tile.size) chunks, Blosc zstd at
+tile.compression_level with bitshuffle, as hemoprofile.io.ome_zarr), one thread, no statistics, checks or
+pyramid. ``--threads N`` gives every stage N threads (``threads:`` of each rule) and runs Snakemake
+with ``--cores N``.
 
 Then, for the second scale, the ratios the issue's targets ask for: peak RSS large/small (target <= 1.3)
 and time per cell large/small (target <= 1.2). Work folders go under ``--work`` (one per scale), deleted
@@ -23,6 +33,7 @@ afterwards unless ``--keep``.
 Usage::
 
     PYTHONPATH=src .venv/bin/python bench/scale.py --scales 1/64 1/16 --work /work/benchwork/scale
+    PYTHONPATH=src .venv/bin/python bench/scale.py --scales 1/256 --threads 2   # smallest smoke run
 
 The cohort stages (classify, embed, aggregate, report) train on every slide of the cohort and are not
 run here yet: only per-slide stages are (simulate, tile, preprocess, segment, extract).
@@ -56,6 +67,8 @@ STAGES = {
     "extract": ("extract", ["{slide}/cells.parquet", "{slide}/patches.zarr", "{slide}/clusters.parquet"]),
 }
 RSS_TARGET, TIME_TARGET = 1.3, 1.2
+#: The ``threads:`` keys --threads sets (every per-slide stage here).
+THREADED = ("simulate", "tile", "preprocess", "segment", "extract")
 
 
 def tree_bytes(path: Path) -> int:
@@ -66,7 +79,9 @@ def tree_bytes(path: Path) -> int:
 
 def _job_watch(pid: int, stop: threading.Event, seen: dict) -> None:
     """Poll the Snakemake process tree: each script job's VmHWM (KiB; the job is the descendant whose
-    command line names Snakemake's script copy under .snakemake/scripts/)."""
+    command line names Snakemake's script copy under .snakemake/scripts/) and CPU seconds. A job's
+    forked worker processes (simulate's frame workers) have the same command line; they are told apart
+    by their parent and marked ``worker``."""
     import psutil  # a Snakemake dependency
 
     root = psutil.Process(pid)
@@ -81,13 +96,24 @@ def _job_watch(pid: int, stop: threading.Event, seen: dict) -> None:
                     continue
                 status = Path(f"/proc/{child.pid}/status").read_text()
                 cpu = child.cpu_times()
+                parent = child.ppid()
             except (psutil.Error, OSError):
                 continue
             hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-            entry = seen.setdefault(child.pid, {"hwm_kib": 0, "cpu_s": 0.0})
+            entry = seen.setdefault(child.pid, {"hwm_kib": 0, "own_s": 0.0, "cpu_s": 0.0,
+                                                "worker": parent in seen})
             entry["hwm_kib"] = max(entry["hwm_kib"], hwm)
+            entry["own_s"] = max(entry["own_s"], cpu.user + cpu.system)
             entry["cpu_s"] = max(entry["cpu_s"], cpu.user + cpu.system + cpu.children_user + cpu.children_system)
         stop.wait(0.2)
+
+
+def _job_cpu(seen: dict) -> float:
+    """CPU seconds of the jobs and their workers: each job's own + reaped children's time, or its own plus
+    its workers' as last polled, whichever is larger (both undercount only what a 0.2 s poll missed)."""
+    jobs = [j for j in seen.values() if not j["worker"]]
+    workers = [j for j in seen.values() if j["worker"]]
+    return max(sum(j["cpu_s"] for j in jobs), sum(j["own_s"] for j in jobs) + sum(w["own_s"] for w in workers))
 
 
 def run_stage(stage: str, slide: str, results: Path, configfiles: list[Path], cores: int, log: Path) -> dict:
@@ -117,17 +143,56 @@ def run_stage(stage: str, slide: str, results: Path, configfiles: list[Path], co
     if bench.exists():
         lines = bench.read_text().splitlines()
         job_s = float(lines[1].split("\t")[0]) if len(lines) > 1 else None
-    jobs = list(seen.values())
+    jobs = [j for j in seen.values() if not j["worker"]]
+    workers = [j for j in seen.values() if j["worker"]]
     return {
         "stage": stage,
         "wall_s": job_s if job_s is not None else total,
         "snakemake_s": total,
-        "job_cpu_s": sum(j["cpu_s"] for j in jobs),
+        "job_cpu_s": _job_cpu(seen),
         "tree_cpu_s": usage.ru_utime + usage.ru_stime,
         "job_hwm_mib": max((j["hwm_kib"] for j in jobs), default=0) / 1024,
+        # forked workers: the sum of their peaks (an upper bound: pages shared with the job count in each)
+        "workers_hwm_mib": sum(w["hwm_kib"] for w in workers) / 1024,
+        "workers": len(workers),
         "tree_maxrss_mib": usage.ru_maxrss / 1024,
         "bytes": sum(tree_bytes(Path(t)) for t in targets),
     }
+
+
+def tile_baseline(merged: dict, frames_dir: Path, s, work: Path) -> dict:
+    """The plain tifffile read + zarr write of the slide's frames (see the module docstring): seconds
+    and raw bytes read."""
+    import numpy as np
+    import tifffile
+    import zarr
+    from zarr.codecs import BloscCodec, BloscShuffle
+
+    from hemoprofile.io import frame_filename, frame_grid_position
+    from hemoprofile.simulate.settings import CHANNELS
+
+    pattern, order = merged["frames"]["pattern"], merged["frames"]["order"]
+    size, level = int(merged["tile"]["size"]), int(merged["tile"]["compression_level"])
+    out = work / "baseline.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    array = zarr.create_array(
+        str(out), shape=(len(CHANNELS), s.rows * s.frame_h, s.cols * s.frame_w), chunks=(1, size, size),
+        dtype="uint16", fill_value=0,
+        compressors=(BloscCodec(cname="zstd", clevel=level, shuffle=BloscShuffle.bitshuffle),),
+    )
+    raw = 0
+    for f in range(s.n_frames):
+        row, col = frame_grid_position(f, s.rows, s.cols, order)
+        y0, x0 = row * s.frame_h, col * s.frame_w
+        for c, channel in enumerate(CHANNELS):
+            pixels = tifffile.imread(frames_dir / frame_filename(pattern, f, c, channel, s.n_frames))
+            array[c, y0:y0 + s.frame_h, x0:x0 + s.frame_w] = pixels
+            raw += pixels.nbytes
+    seconds = time.perf_counter() - start
+    stored = tree_bytes(out)
+    shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": seconds, "raw_bytes": raw, "stored_bytes": stored, "mb_s": raw / seconds / 1e6}
 
 
 def scale_tag(scale: str) -> str:
@@ -138,13 +203,16 @@ def scale_tag(scale: str) -> str:
 def run_scale(scale: str, args) -> dict:
     from hemoprofile.config import load_config
     from hemoprofile.simulate import plan_cohort
-    from hemoprofile.simulate.settings import read_settings
+    from hemoprofile.simulate.settings import CHANNELS, read_settings
 
     work = Path(args.work) / f"scale_{scale_tag(scale)}"
     results = work / "results"
     work.mkdir(parents=True, exist_ok=True)
     overlay = work / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"results": str(results), "synthetic": {"scale": scale}}))
+    layer = {"results": str(results), "synthetic": {"scale": scale}}
+    if args.threads:
+        layer["threads"] = dict.fromkeys(THREADED, args.threads)
+    overlay.write_text(yaml.safe_dump(layer))
     configfiles = [ROOT / args.config, overlay]
     merged = load_config(ROOT / "config" / "config.yaml")
     for extra in configfiles:
@@ -152,11 +220,11 @@ def run_scale(scale: str, args) -> dict:
     s = read_settings(merged["synthetic"])
     slide = args.slide or str(plan_cohort(merged["synthetic"], results / "synthetic").iloc[0]["slide"])
     print(f"\n== scale {scale}: {s.rows} x {s.cols} frames of {s.frame_h} x {s.frame_w} px, slide {slide}, "
-          f"work {work}", flush=True)
+          f"threads {args.threads or 'from the config'}, cores {args.threads or args.cores}, work {work}", flush=True)
     rows = []
     n_cells = None
     for stage in args.stages:
-        row = run_stage(stage, slide, results, configfiles, args.cores, work / "snakemake.log")
+        row = run_stage(stage, slide, results, configfiles, args.threads or args.cores, work / "snakemake.log")
         if n_cells is None:
             import pyarrow.parquet as pq
 
@@ -165,10 +233,22 @@ def run_scale(scale: str, args) -> dict:
         row["cpu_us_per_cell"] = row["job_cpu_s"] / n_cells * 1e6
         row["bytes_per_cell"] = row["bytes"] / n_cells
         rows.append(row)
+        if stage == "tile":
+            frames_dir = results / "synthetic" / slide / "frames"
+            raw = s.n_frames * len(CHANNELS) * s.frame_h * s.frame_w * 2
+            row["tile_mb_s"] = raw / row["wall_s"] / 1e6
+            row["baseline"] = tile_baseline(merged, frames_dir, s, work)
         print(f"  {stage:<11} wall {row['wall_s']:8.1f} s  {row['us_per_cell']:8.1f} us/cell  "
               f"cpu {row['job_cpu_s']:8.1f} s  {row['cpu_us_per_cell']:8.1f} us/cell  "
               f"job peak {row['job_hwm_mib']:7.0f} MiB  tree {row['tree_maxrss_mib']:7.0f} MiB  "
-              f"{row['bytes_per_cell']:8.0f} B/cell", flush=True)
+              f"{row['bytes_per_cell']:8.0f} B/cell"
+              + (f"  + {row['workers']} workers' peaks {row['workers_hwm_mib']:.0f} MiB" if row["workers"] else ""),
+              flush=True)
+        if stage == "tile":
+            base = row["baseline"]
+            print(f"  {'':<11} tile job {row['tile_mb_s']:6.1f} MB/s of raw frames  vs  plain tifffile read + "
+                  f"zarr write {base['mb_s']:6.1f} MB/s ({base['seconds']:.1f} s, "
+                  f"{base['raw_bytes'] / 1e6:.0f} MB raw -> {base['stored_bytes'] / 1e6:.0f} MB stored)", flush=True)
     summary = {"scale": scale, "frames": s.n_frames, "cells": n_cells, "slide": slide, "stages": rows}
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
     if not args.keep:
@@ -197,6 +277,11 @@ def print_table(small: dict, large: dict) -> None:
               f"{b['cpu_us_per_cell']:7.1f} | {a['job_hwm_mib']:7.0f} {b['job_hwm_mib']:7.0f} | "
               f"{a['bytes_per_cell']:7.0f} {b['bytes_per_cell']:7.0f} | {rss:9.2f} | {cpu:14.2f} | {wall:15.2f}")
     print(f"cells: {small['cells']} ({small['frames']} frames) vs {large['cells']} ({large['frames']} frames)")
+    tiles = [next((r for r in x["stages"] if r["stage"] == "tile"), None) for x in (small, large)]
+    if all(tiles):
+        a, b = tiles
+        print(f"tile MB/s of raw frames: tile job {a['tile_mb_s']:.1f} {b['tile_mb_s']:.1f} | plain tifffile read "
+              f"+ zarr write {a['baseline']['mb_s']:.1f} {b['baseline']['mb_s']:.1f} ({a_s} {b_s})")
 
 
 def main(argv=None) -> None:
@@ -209,7 +294,10 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default="config/scale.yaml", help="config layered on config/config.yaml")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     parser.add_argument("--slide", default="", help="slide to run (default: the plan's first)")
-    parser.add_argument("--cores", type=int, default=1)
+    parser.add_argument("--cores", type=int, default=1, help="Snakemake --cores (--threads sets it too)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads of every stage (threads.simulate, .tile, .preprocess, .segment, .extract) "
+                             "and Snakemake --cores; default: the config's threads and --cores")
     parser.add_argument("--keep", action="store_true", help="keep the work folders' results")
     args = parser.parse_args(argv)
     if len(args.scales) > 2:
