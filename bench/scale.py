@@ -35,8 +35,13 @@ Usage::
     PYTHONPATH=src .venv/bin/python bench/scale.py --scales 1/64 1/16 --work /work/benchwork/scale
     PYTHONPATH=src .venv/bin/python bench/scale.py --scales 1/256 --threads 2   # smallest smoke run
 
-The cohort stages (classify, embed, aggregate, report) train on every slide of the cohort and are not
-run here yet: only per-slide stages are (simulate, tile, preprocess, segment, extract).
+The cohort stages train on every slide of the cohort, so classify and embed are measured as inference
+only, with the models of a finished run (``--models-from results/scale``: its models/classifier_<task>.pt
+for classify.tasks and models/embedder.pt): each is one process calling the package function with the
+rule's arguments (classify_slide, embed_slide), measured like a job (wall is that process's, imports
+included). Aggregate and report are not run here.
+
+    PYTHONPATH=src .venv/bin/python bench/scale.py --scales 1/64 1/16 --models-from results/scale
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ STAGES = {
     "segment": ("segment", ["{slide}/labels.zarr"]),
     "extract": ("extract", ["{slide}/cells.parquet", "{slide}/patches.zarr", "{slide}/clusters.parquet"]),
 }
+#: Inference stages, run only with --models-from (run_inference).
+INFERENCE = ("classify", "embed")
 RSS_TARGET, TIME_TARGET = 1.3, 1.2
 #: The ``threads:`` keys --threads sets (every per-slide stage here).
 THREADED = ("simulate", "tile", "preprocess", "segment", "extract")
@@ -77,7 +84,7 @@ def tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _job_watch(pid: int, stop: threading.Event, seen: dict) -> None:
+def _job_watch(pid: int, stop: threading.Event, seen: dict, marker: str = ".snakemake/scripts/") -> None:
     """Poll the Snakemake process tree: each script job's VmHWM (KiB; the job is the descendant whose
     command line names Snakemake's script copy under .snakemake/scripts/) and CPU seconds. A job's
     forked worker processes (simulate's frame workers) have the same command line; they are told apart
@@ -87,12 +94,12 @@ def _job_watch(pid: int, stop: threading.Event, seen: dict) -> None:
     root = psutil.Process(pid)
     while not stop.is_set():
         try:
-            children = root.children(recursive=True)
+            children = [root, *root.children(recursive=True)]
         except psutil.Error:
             children = []
         for child in children:
             try:
-                if not any(".snakemake/scripts/" in part for part in child.cmdline()):
+                if not any(marker in part for part in child.cmdline()):
                     continue
                 status = Path(f"/proc/{child.pid}/status").read_text()
                 cpu = child.cpu_times()
@@ -116,11 +123,9 @@ def _job_cpu(seen: dict) -> float:
     return max(sum(j["cpu_s"] for j in jobs), sum(j["own_s"] for j in jobs) + sum(w["own_s"] for w in workers))
 
 
-def run_stage(stage: str, slide: str, results: Path, configfiles: list[Path], cores: int, log: Path) -> dict:
-    rule, outputs = STAGES[stage]
-    targets = [str(results / o.format(slide=slide)) for o in outputs]
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", *map(str, configfiles),
-           "--allowed-rules", rule, "--", *targets]
+def _measured(cmd: list[str], log: Path, marker: str = ".snakemake/scripts/") -> tuple[int, float, object, dict]:
+    """Run ``cmd`` with its output appended to ``log``, polling the jobs in its tree whose command line
+    holds ``marker``; return its exit code, wall seconds, wait4 rusage and the polled jobs."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.perf_counter()
     with open(log, "a") as handle:
@@ -129,35 +134,102 @@ def run_stage(stage: str, slide: str, results: Path, configfiles: list[Path], co
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
         seen: dict = {}
         stop = threading.Event()
-        watcher = threading.Thread(target=_job_watch, args=(proc.pid, stop, seen), daemon=True)
+        watcher = threading.Thread(target=_job_watch, args=(proc.pid, stop, seen, marker), daemon=True)
         watcher.start()
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
         stop.set()
         watcher.join()
-    total = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"stage {stage} failed (exit {proc.returncode}); see {log}")
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage, seen
+
+
+def _row(stage: str, wall: float, total: float, usage, seen: dict, targets: list[str]) -> dict:
+    jobs = [j for j in seen.values() if not j["worker"]]
+    workers = [j for j in seen.values() if j["worker"]]
+    return {
+        "stage": stage,
+        "wall_s": wall,
+        "snakemake_s": total,
+        "job_cpu_s": _job_cpu(seen),
+        "tree_cpu_s": usage.ru_utime + usage.ru_stime,
+        "job_hwm_mib": max((j["hwm_kib"] for j in jobs), default=0) / 1024,
+        "tree_maxrss_mib": usage.ru_maxrss / 1024,
+        # forked workers: the sum of their peaks (an upper bound: pages shared with the job count in each)
+        "workers_hwm_mib": sum(w["hwm_kib"] for w in workers) / 1024,
+        "workers": len(workers),
+        "bytes": sum(tree_bytes(Path(t)) for t in targets),
+    }
+
+
+def run_stage(stage: str, slide: str, results: Path, configfiles: list[Path], cores: int, log: Path) -> dict:
+    rule, outputs = STAGES[stage]
+    targets = [str(results / o.format(slide=slide)) for o in outputs]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", *map(str, configfiles),
+           "--allowed-rules", rule, "--", *targets]
+    code, total, usage, seen = _measured(cmd, log)
+    if code != 0:
+        raise SystemExit(f"stage {stage} failed (exit {code}); see {log}")
     bench = results / "benchmarks" / stage / f"{slide}.tsv"  # the rules' benchmark: paths
     job_s = None
     if bench.exists():
         lines = bench.read_text().splitlines()
         job_s = float(lines[1].split("\t")[0]) if len(lines) > 1 else None
-    jobs = [j for j in seen.values() if not j["worker"]]
-    workers = [j for j in seen.values() if j["worker"]]
-    return {
-        "stage": stage,
-        "wall_s": job_s if job_s is not None else total,
-        "snakemake_s": total,
-        "job_cpu_s": _job_cpu(seen),
-        "tree_cpu_s": usage.ru_utime + usage.ru_stime,
-        "job_hwm_mib": max((j["hwm_kib"] for j in jobs), default=0) / 1024,
-        # forked workers: the sum of their peaks (an upper bound: pages shared with the job count in each)
-        "workers_hwm_mib": sum(w["hwm_kib"] for w in workers) / 1024,
-        "workers": len(workers),
-        "tree_maxrss_mib": usage.ru_maxrss / 1024,
-        "bytes": sum(tree_bytes(Path(t)) for t in targets),
-    }
+    return _row(stage, job_s if job_s is not None else total, total, usage, seen, targets)
+
+
+#: Inference with already-trained models (--models-from): the rule's script body, as one process.
+INFERENCE_CODE = {
+    "classify": """
+import sys, json
+from hemoprofile.classify.inference import classify_slide
+a = json.loads(sys.argv[1])
+classify_slide(a["patches"], a["cells"], a["models"], a["out"], device=a["device"],
+               mixed_precision=a["mixed_precision"], batch_size=a["batch_size"], tta=a["tta"],
+               threads=a["threads"], progress=print)
+""",
+    "embed": """
+import sys, json
+from hemoprofile.embed.slide import embed_slide
+a = json.loads(sys.argv[1])
+embed_slide(a["model"], a["patches"], a["cells"], a["out"], slide=a["slide"], category=None,
+            device=a["device"], mixed_precision=a["mixed_precision"], batch_size=a["batch_size"],
+            threads=a["threads"], progress=print)
+""",
+}
+INFERENCE_MARKER = "#hemoprofile-bench-inference"
+
+
+def run_inference(stage: str, slide: str, results: Path, merged: dict, models: Path, threads: int,
+                  log: Path) -> dict:
+    """classify or embed of one slide with the trained models under ``models`` (a finished run's
+    results/models), in one measured process: the same package call and arguments as the rule's script,
+    without Snakemake (which would want to retrain the models of the bench's one-slide cohort)."""
+    slide_dir = results / slide
+    args = {"patches": str(slide_dir / "patches.zarr"), "cells": str(slide_dir / "cells.parquet"),
+            "threads": threads}
+    if stage == "classify":
+        section = merged["classify"]
+        given = section.get("models") or {}
+        paths = [Path(given[t]) if given.get(t) else models / f"classifier_{t}.pt" for t in section["tasks"]]
+        out = slide_dir / "predictions.parquet"
+        args.update(models=[str(p) for p in paths], device=section["device"],
+                    mixed_precision=section["mixed_precision"], batch_size=section["batch_size"], tta=section["tta"])
+    else:
+        section = merged["embed"]
+        if section.get("condition_on", "none") != "none":
+            raise SystemExit("bench/scale.py embeds with embed.condition_on: none only")
+        paths = [models / "embedder.pt"]
+        out = slide_dir / "embedding.parquet"
+        args.update(model=str(paths[0]), slide=slide, device=section["device"],
+                    mixed_precision=section["mixed_precision"], batch_size=section["batch_size"])
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise SystemExit(f"--models-from: missing {', '.join(missing)}")
+    args["out"] = str(out)
+    cmd = [sys.executable, "-c", INFERENCE_CODE[stage] + INFERENCE_MARKER, json.dumps(args)]
+    code, total, usage, seen = _measured(cmd, log, marker=INFERENCE_MARKER)
+    if code != 0:
+        raise SystemExit(f"stage {stage} failed (exit {code}); see {log}")
+    return _row(stage, total, total, usage, seen, [str(out)])
 
 
 def tile_baseline(merged: dict, frames_dir: Path, s, work: Path) -> dict:
@@ -211,7 +283,7 @@ def run_scale(scale: str, args) -> dict:
     overlay = work / "overlay.yaml"
     layer = {"results": str(results), "synthetic": {"scale": scale}}
     if args.threads:
-        layer["threads"] = dict.fromkeys(THREADED, args.threads)
+        layer["threads"] = dict.fromkeys((*THREADED, *INFERENCE), args.threads)
     overlay.write_text(yaml.safe_dump(layer))
     configfiles = [ROOT / args.config, overlay]
     merged = load_config(ROOT / "config" / "config.yaml")
@@ -224,7 +296,12 @@ def run_scale(scale: str, args) -> dict:
     rows = []
     n_cells = None
     for stage in args.stages:
-        row = run_stage(stage, slide, results, configfiles, args.threads or args.cores, work / "snakemake.log")
+        if stage in INFERENCE:
+            threads = args.threads or int(merged["threads"][stage])
+            row = run_inference(stage, slide, results, merged, Path(args.models_from) / "models", threads,
+                                work / "snakemake.log")
+        else:
+            row = run_stage(stage, slide, results, configfiles, args.threads or args.cores, work / "snakemake.log")
         if n_cells is None:
             import pyarrow.parquet as pq
 
@@ -292,7 +369,11 @@ def main(argv=None) -> None:
                              "compared with the first")
     parser.add_argument("--work", default="/work/benchwork/scale", help="work folder (outside the repository)")
     parser.add_argument("--config", default="config/scale.yaml", help="config layered on config/config.yaml")
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    parser.add_argument("--stages", nargs="+", default=None, choices=[*STAGES, *INFERENCE],
+                        help="stages to run (default: the per-slide stages, + classify and embed with --models-from)")
+    parser.add_argument("--models-from", default="",
+                        help="a finished run's results folder: classify and embed this slide with its "
+                             "models/classifier_<task>.pt and models/embedder.pt (inference only)")
     parser.add_argument("--slide", default="", help="slide to run (default: the plan's first)")
     parser.add_argument("--cores", type=int, default=1, help="Snakemake --cores (--threads sets it too)")
     parser.add_argument("--threads", type=int, default=0,
@@ -302,8 +383,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if len(args.scales) > 2:
         parser.error("give one or two scales")
-    stages = [s for s in STAGES if s in args.stages]  # chain order
-    args.stages = stages
+    if args.stages is None:
+        args.stages = [*STAGES, *(INFERENCE if args.models_from else ())]
+    if any(s in INFERENCE for s in args.stages) and not args.models_from:
+        parser.error("classify and embed need --models-from <results folder of a finished run>")
+    args.stages = [s for s in (*STAGES, *INFERENCE) if s in args.stages]  # chain order
     summaries = [run_scale(scale, args) for scale in args.scales]
     if len(summaries) == 2:
         print_table(*summaries)
