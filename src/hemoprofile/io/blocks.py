@@ -20,6 +20,10 @@ result until the end, and results of ragged size (cell tables, patches) cannot b
 zarr array in order; batching the graph into windows would put a barrier after each window. A
 ``concurrent.futures`` pool fed block by block with a window of futures is the bounded, ordered form of
 the same threaded map; no scheduling logic is written here (the pool decides which thread runs what).
+
+The exception is work that holds the GIL: the slide simulator renders ~1,300 cells per frame with many
+small numpy calls each, and on a thread pool two frames took longer than on one thread (bench/
+simulate_threads.py). ``processes=True`` runs the same bounded, ordered map on forked worker processes.
 """
 
 from __future__ import annotations
