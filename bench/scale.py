@@ -13,8 +13,18 @@ its params) and nothing else is built. Per stage it prints:
 - peak RSS: the job's VmHWM (polled every 0.2 s from /proc: a high-water mark, so a poll at any time
   holds the peak so far; only the last 0.2 s before exit can be missed); ``tree`` is
   resource.getrusage-style ru_maxrss of the whole Snakemake process tree from ``os.wait4`` (exact, but
-  Snakemake's own process counts too, so it is an upper bound);
+  Snakemake's own process counts too, so it is an upper bound); a job's forked workers (simulate's
+  frame workers, threads.simulate) are listed apart: the sum of their peaks, an upper bound since pages
+  shared with the job count in each;
 - B/cell: bytes on disk of the stage's outputs per cell.
+
+After the tile stage it prints the tile job's throughput, MB/s of raw frame pixels (frames x channels x
+frame pixels x 2 bytes, over the job's wall time), next to a baseline measured right after it on the same
+frames: a plain loop that reads each frame's channel TIFFs with tifffile and writes them into a zarr
+array with tile's chunking and codec ((1, tile.size, tile.size) chunks, Blosc zstd at
+tile.compression_level with bitshuffle, as hemoprofile.io.ome_zarr), one thread, no statistics, checks or
+pyramid. ``--threads N`` gives every stage N threads (``threads:`` of each rule) and runs Snakemake
+with ``--cores N``.
 
 Then, for the second scale, the ratios the issue's targets ask for: peak RSS large/small (target <= 1.3)
 and time per cell large/small (target <= 1.2). Work folders go under ``--work`` (one per scale), deleted
@@ -23,9 +33,15 @@ afterwards unless ``--keep``.
 Usage::
 
     PYTHONPATH=src .venv/bin/python bench/scale.py --scales 1/64 1/16 --work /work/benchwork/scale
+    PYTHONPATH=src .venv/bin/python bench/scale.py --scales 1/256 --threads 2   # smallest smoke run
 
-The cohort stages (classify, embed, aggregate, report) train on every slide of the cohort and are not
-run here yet: only per-slide stages are (simulate, tile, preprocess, segment, extract).
+The cohort stages train on every slide of the cohort, so classify and embed are measured as inference
+only, with the models of a finished run (``--models-from results/scale``: its models/classifier_<task>.pt
+for classify.tasks and models/embedder.pt): each is one process calling the package function with the
+rule's arguments (classify_slide, embed_slide), measured like a job (wall is that process's, imports
+included). Aggregate and report are not run here.
+
+    PYTHONPATH=src .venv/bin/python bench/scale.py --scales 1/64 1/16 --models-from results/scale
 """
 
 from __future__ import annotations
@@ -55,7 +71,11 @@ STAGES = {
     "segment": ("segment", ["{slide}/labels.zarr"]),
     "extract": ("extract", ["{slide}/cells.parquet", "{slide}/patches.zarr", "{slide}/clusters.parquet"]),
 }
+#: Inference stages, run only with --models-from (run_inference).
+INFERENCE = ("classify", "embed")
 RSS_TARGET, TIME_TARGET = 1.3, 1.2
+#: The ``threads:`` keys --threads sets (every per-slide stage here).
+THREADED = ("simulate", "tile", "preprocess", "segment", "extract")
 
 
 def tree_bytes(path: Path) -> int:
@@ -64,37 +84,48 @@ def tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _job_watch(pid: int, stop: threading.Event, seen: dict) -> None:
+def _job_watch(pid: int, stop: threading.Event, seen: dict, marker: str = ".snakemake/scripts/") -> None:
     """Poll the Snakemake process tree: each script job's VmHWM (KiB; the job is the descendant whose
-    command line names Snakemake's script copy under .snakemake/scripts/)."""
+    command line names Snakemake's script copy under .snakemake/scripts/) and CPU seconds. A job's
+    forked worker processes (simulate's frame workers) have the same command line; they are told apart
+    by their parent and marked ``worker``."""
     import psutil  # a Snakemake dependency
 
     root = psutil.Process(pid)
     while not stop.is_set():
         try:
-            children = root.children(recursive=True)
+            children = [root, *root.children(recursive=True)]
         except psutil.Error:
             children = []
         for child in children:
             try:
-                if not any(".snakemake/scripts/" in part for part in child.cmdline()):
+                if not any(marker in part for part in child.cmdline()):
                     continue
                 status = Path(f"/proc/{child.pid}/status").read_text()
                 cpu = child.cpu_times()
+                parent = child.ppid()
             except (psutil.Error, OSError):
                 continue
             hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-            entry = seen.setdefault(child.pid, {"hwm_kib": 0, "cpu_s": 0.0})
+            entry = seen.setdefault(child.pid, {"hwm_kib": 0, "own_s": 0.0, "cpu_s": 0.0,
+                                                "worker": parent in seen})
             entry["hwm_kib"] = max(entry["hwm_kib"], hwm)
+            entry["own_s"] = max(entry["own_s"], cpu.user + cpu.system)
             entry["cpu_s"] = max(entry["cpu_s"], cpu.user + cpu.system + cpu.children_user + cpu.children_system)
         stop.wait(0.2)
 
 
-def run_stage(stage: str, slide: str, results: Path, configfiles: list[Path], cores: int, log: Path) -> dict:
-    rule, outputs = STAGES[stage]
-    targets = [str(results / o.format(slide=slide)) for o in outputs]
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", *map(str, configfiles),
-           "--allowed-rules", rule, "--", *targets]
+def _job_cpu(seen: dict) -> float:
+    """CPU seconds of the jobs and their workers: each job's own + reaped children's time, or its own plus
+    its workers' as last polled, whichever is larger (both undercount only what a 0.2 s poll missed)."""
+    jobs = [j for j in seen.values() if not j["worker"]]
+    workers = [j for j in seen.values() if j["worker"]]
+    return max(sum(j["cpu_s"] for j in jobs), sum(j["own_s"] for j in jobs) + sum(w["own_s"] for w in workers))
+
+
+def _measured(cmd: list[str], log: Path, marker: str = ".snakemake/scripts/") -> tuple[int, float, object, dict]:
+    """Run ``cmd`` with its output appended to ``log``, polling the jobs in its tree whose command line
+    holds ``marker``; return its exit code, wall seconds, wait4 rusage and the polled jobs."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.perf_counter()
     with open(log, "a") as handle:
@@ -103,31 +134,137 @@ def run_stage(stage: str, slide: str, results: Path, configfiles: list[Path], co
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
         seen: dict = {}
         stop = threading.Event()
-        watcher = threading.Thread(target=_job_watch, args=(proc.pid, stop, seen), daemon=True)
+        watcher = threading.Thread(target=_job_watch, args=(proc.pid, stop, seen, marker), daemon=True)
         watcher.start()
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
         stop.set()
         watcher.join()
-    total = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"stage {stage} failed (exit {proc.returncode}); see {log}")
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage, seen
+
+
+def _row(stage: str, wall: float, total: float, usage, seen: dict, targets: list[str]) -> dict:
+    jobs = [j for j in seen.values() if not j["worker"]]
+    workers = [j for j in seen.values() if j["worker"]]
+    return {
+        "stage": stage,
+        "wall_s": wall,
+        "snakemake_s": total,
+        "job_cpu_s": _job_cpu(seen),
+        "tree_cpu_s": usage.ru_utime + usage.ru_stime,
+        "job_hwm_mib": max((j["hwm_kib"] for j in jobs), default=0) / 1024,
+        "tree_maxrss_mib": usage.ru_maxrss / 1024,
+        # forked workers: the sum of their peaks (an upper bound: pages shared with the job count in each)
+        "workers_hwm_mib": sum(w["hwm_kib"] for w in workers) / 1024,
+        "workers": len(workers),
+        "bytes": sum(tree_bytes(Path(t)) for t in targets),
+    }
+
+
+def run_stage(stage: str, slide: str, results: Path, configfiles: list[Path], cores: int, log: Path) -> dict:
+    rule, outputs = STAGES[stage]
+    targets = [str(results / o.format(slide=slide)) for o in outputs]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", *map(str, configfiles),
+           "--allowed-rules", rule, "--", *targets]
+    code, total, usage, seen = _measured(cmd, log)
+    if code != 0:
+        raise SystemExit(f"stage {stage} failed (exit {code}); see {log}")
     bench = results / "benchmarks" / stage / f"{slide}.tsv"  # the rules' benchmark: paths
     job_s = None
     if bench.exists():
         lines = bench.read_text().splitlines()
         job_s = float(lines[1].split("\t")[0]) if len(lines) > 1 else None
-    jobs = list(seen.values())
-    return {
-        "stage": stage,
-        "wall_s": job_s if job_s is not None else total,
-        "snakemake_s": total,
-        "job_cpu_s": sum(j["cpu_s"] for j in jobs),
-        "tree_cpu_s": usage.ru_utime + usage.ru_stime,
-        "job_hwm_mib": max((j["hwm_kib"] for j in jobs), default=0) / 1024,
-        "tree_maxrss_mib": usage.ru_maxrss / 1024,
-        "bytes": sum(tree_bytes(Path(t)) for t in targets),
-    }
+    return _row(stage, job_s if job_s is not None else total, total, usage, seen, targets)
+
+
+#: Inference with already-trained models (--models-from): the rule's script body, as one process.
+INFERENCE_CODE = {
+    "classify": """
+import sys, json
+from hemoprofile.classify.inference import classify_slide
+a = json.loads(sys.argv[1])
+classify_slide(a["patches"], a["cells"], a["models"], a["out"], device=a["device"],
+               mixed_precision=a["mixed_precision"], batch_size=a["batch_size"], tta=a["tta"],
+               threads=a["threads"], progress=print)
+""",
+    "embed": """
+import sys, json
+from hemoprofile.embed.slide import embed_slide
+a = json.loads(sys.argv[1])
+embed_slide(a["model"], a["patches"], a["cells"], a["out"], slide=a["slide"], category=None,
+            device=a["device"], mixed_precision=a["mixed_precision"], batch_size=a["batch_size"],
+            threads=a["threads"], progress=print)
+""",
+}
+INFERENCE_MARKER = "#hemoprofile-bench-inference"
+
+
+def run_inference(stage: str, slide: str, results: Path, merged: dict, models: Path, threads: int,
+                  log: Path) -> dict:
+    """classify or embed of one slide with the trained models under ``models`` (a finished run's
+    results/models), in one measured process: the same package call and arguments as the rule's script,
+    without Snakemake (which would want to retrain the models of the bench's one-slide cohort)."""
+    slide_dir = results / slide
+    args = {"patches": str(slide_dir / "patches.zarr"), "cells": str(slide_dir / "cells.parquet"),
+            "threads": threads}
+    if stage == "classify":
+        section = merged["classify"]
+        given = section.get("models") or {}
+        paths = [Path(given[t]) if given.get(t) else models / f"classifier_{t}.pt" for t in section["tasks"]]
+        out = slide_dir / "predictions.parquet"
+        args.update(models=[str(p) for p in paths], device=section["device"],
+                    mixed_precision=section["mixed_precision"], batch_size=section["batch_size"], tta=section["tta"])
+    else:
+        section = merged["embed"]
+        if section.get("condition_on", "none") != "none":
+            raise SystemExit("bench/scale.py embeds with embed.condition_on: none only")
+        paths = [models / "embedder.pt"]
+        out = slide_dir / "embedding.parquet"
+        args.update(model=str(paths[0]), slide=slide, device=section["device"],
+                    mixed_precision=section["mixed_precision"], batch_size=section["batch_size"])
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise SystemExit(f"--models-from: missing {', '.join(missing)}")
+    args["out"] = str(out)
+    cmd = [sys.executable, "-c", INFERENCE_CODE[stage] + INFERENCE_MARKER, json.dumps(args)]
+    code, total, usage, seen = _measured(cmd, log, marker=INFERENCE_MARKER)
+    if code != 0:
+        raise SystemExit(f"stage {stage} failed (exit {code}); see {log}")
+    return _row(stage, total, total, usage, seen, [str(out)])
+
+
+def tile_baseline(merged: dict, frames_dir: Path, s, work: Path) -> dict:
+    """The plain tifffile read + zarr write of the slide's frames (see the module docstring): seconds
+    and raw bytes read."""
+    import numpy as np
+    import tifffile
+    import zarr
+    from zarr.codecs import BloscCodec, BloscShuffle
+
+    from hemoprofile.io import frame_filename, frame_grid_position
+    from hemoprofile.simulate.settings import CHANNELS
+
+    pattern, order = merged["frames"]["pattern"], merged["frames"]["order"]
+    size, level = int(merged["tile"]["size"]), int(merged["tile"]["compression_level"])
+    out = work / "baseline.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    array = zarr.create_array(
+        str(out), shape=(len(CHANNELS), s.rows * s.frame_h, s.cols * s.frame_w), chunks=(1, size, size),
+        dtype="uint16", fill_value=0,
+        compressors=(BloscCodec(cname="zstd", clevel=level, shuffle=BloscShuffle.bitshuffle),),
+    )
+    raw = 0
+    for f in range(s.n_frames):
+        row, col = frame_grid_position(f, s.rows, s.cols, order)
+        y0, x0 = row * s.frame_h, col * s.frame_w
+        for c, channel in enumerate(CHANNELS):
+            pixels = tifffile.imread(frames_dir / frame_filename(pattern, f, c, channel, s.n_frames))
+            array[c, y0:y0 + s.frame_h, x0:x0 + s.frame_w] = pixels
+            raw += pixels.nbytes
+    seconds = time.perf_counter() - start
+    stored = tree_bytes(out)
+    shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": seconds, "raw_bytes": raw, "stored_bytes": stored, "mb_s": raw / seconds / 1e6}
 
 
 def scale_tag(scale: str) -> str:
@@ -138,13 +275,16 @@ def scale_tag(scale: str) -> str:
 def run_scale(scale: str, args) -> dict:
     from hemoprofile.config import load_config
     from hemoprofile.simulate import plan_cohort
-    from hemoprofile.simulate.settings import read_settings
+    from hemoprofile.simulate.settings import CHANNELS, read_settings
 
     work = Path(args.work) / f"scale_{scale_tag(scale)}"
     results = work / "results"
     work.mkdir(parents=True, exist_ok=True)
     overlay = work / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"results": str(results), "synthetic": {"scale": scale}}))
+    layer = {"results": str(results), "synthetic": {"scale": scale}}
+    if args.threads:
+        layer["threads"] = dict.fromkeys((*THREADED, *INFERENCE), args.threads)
+    overlay.write_text(yaml.safe_dump(layer))
     configfiles = [ROOT / args.config, overlay]
     merged = load_config(ROOT / "config" / "config.yaml")
     for extra in configfiles:
@@ -152,11 +292,16 @@ def run_scale(scale: str, args) -> dict:
     s = read_settings(merged["synthetic"])
     slide = args.slide or str(plan_cohort(merged["synthetic"], results / "synthetic").iloc[0]["slide"])
     print(f"\n== scale {scale}: {s.rows} x {s.cols} frames of {s.frame_h} x {s.frame_w} px, slide {slide}, "
-          f"work {work}", flush=True)
+          f"threads {args.threads or 'from the config'}, cores {args.threads or args.cores}, work {work}", flush=True)
     rows = []
     n_cells = None
     for stage in args.stages:
-        row = run_stage(stage, slide, results, configfiles, args.cores, work / "snakemake.log")
+        if stage in INFERENCE:
+            threads = args.threads or int(merged["threads"][stage])
+            row = run_inference(stage, slide, results, merged, Path(args.models_from) / "models", threads,
+                                work / "snakemake.log")
+        else:
+            row = run_stage(stage, slide, results, configfiles, args.threads or args.cores, work / "snakemake.log")
         if n_cells is None:
             import pyarrow.parquet as pq
 
@@ -165,10 +310,22 @@ def run_scale(scale: str, args) -> dict:
         row["cpu_us_per_cell"] = row["job_cpu_s"] / n_cells * 1e6
         row["bytes_per_cell"] = row["bytes"] / n_cells
         rows.append(row)
+        if stage == "tile":
+            frames_dir = results / "synthetic" / slide / "frames"
+            raw = s.n_frames * len(CHANNELS) * s.frame_h * s.frame_w * 2
+            row["tile_mb_s"] = raw / row["wall_s"] / 1e6
+            row["baseline"] = tile_baseline(merged, frames_dir, s, work)
         print(f"  {stage:<11} wall {row['wall_s']:8.1f} s  {row['us_per_cell']:8.1f} us/cell  "
               f"cpu {row['job_cpu_s']:8.1f} s  {row['cpu_us_per_cell']:8.1f} us/cell  "
               f"job peak {row['job_hwm_mib']:7.0f} MiB  tree {row['tree_maxrss_mib']:7.0f} MiB  "
-              f"{row['bytes_per_cell']:8.0f} B/cell", flush=True)
+              f"{row['bytes_per_cell']:8.0f} B/cell"
+              + (f"  + {row['workers']} workers' peaks {row['workers_hwm_mib']:.0f} MiB" if row["workers"] else ""),
+              flush=True)
+        if stage == "tile":
+            base = row["baseline"]
+            print(f"  {'':<11} tile job {row['tile_mb_s']:6.1f} MB/s of raw frames  vs  plain tifffile read + "
+                  f"zarr write {base['mb_s']:6.1f} MB/s ({base['seconds']:.1f} s, "
+                  f"{base['raw_bytes'] / 1e6:.0f} MB raw -> {base['stored_bytes'] / 1e6:.0f} MB stored)", flush=True)
     summary = {"scale": scale, "frames": s.n_frames, "cells": n_cells, "slide": slide, "stages": rows}
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
     if not args.keep:
@@ -197,6 +354,11 @@ def print_table(small: dict, large: dict) -> None:
               f"{b['cpu_us_per_cell']:7.1f} | {a['job_hwm_mib']:7.0f} {b['job_hwm_mib']:7.0f} | "
               f"{a['bytes_per_cell']:7.0f} {b['bytes_per_cell']:7.0f} | {rss:9.2f} | {cpu:14.2f} | {wall:15.2f}")
     print(f"cells: {small['cells']} ({small['frames']} frames) vs {large['cells']} ({large['frames']} frames)")
+    tiles = [next((r for r in x["stages"] if r["stage"] == "tile"), None) for x in (small, large)]
+    if all(tiles):
+        a, b = tiles
+        print(f"tile MB/s of raw frames: tile job {a['tile_mb_s']:.1f} {b['tile_mb_s']:.1f} | plain tifffile read "
+              f"+ zarr write {a['baseline']['mb_s']:.1f} {b['baseline']['mb_s']:.1f} ({a_s} {b_s})")
 
 
 def main(argv=None) -> None:
@@ -207,15 +369,25 @@ def main(argv=None) -> None:
                              "compared with the first")
     parser.add_argument("--work", default="/work/benchwork/scale", help="work folder (outside the repository)")
     parser.add_argument("--config", default="config/scale.yaml", help="config layered on config/config.yaml")
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    parser.add_argument("--stages", nargs="+", default=None, choices=[*STAGES, *INFERENCE],
+                        help="stages to run (default: the per-slide stages, + classify and embed with --models-from)")
+    parser.add_argument("--models-from", default="",
+                        help="a finished run's results folder: classify and embed this slide with its "
+                             "models/classifier_<task>.pt and models/embedder.pt (inference only)")
     parser.add_argument("--slide", default="", help="slide to run (default: the plan's first)")
-    parser.add_argument("--cores", type=int, default=1)
+    parser.add_argument("--cores", type=int, default=1, help="Snakemake --cores (--threads sets it too)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads of every stage (threads.simulate, .tile, .preprocess, .segment, .extract) "
+                             "and Snakemake --cores; default: the config's threads and --cores")
     parser.add_argument("--keep", action="store_true", help="keep the work folders' results")
     args = parser.parse_args(argv)
     if len(args.scales) > 2:
         parser.error("give one or two scales")
-    stages = [s for s in STAGES if s in args.stages]  # chain order
-    args.stages = stages
+    if args.stages is None:
+        args.stages = [*STAGES, *(INFERENCE if args.models_from else ())]
+    if any(s in INFERENCE for s in args.stages) and not args.models_from:
+        parser.error("classify and embed need --models-from <results folder of a finished run>")
+    args.stages = [s for s in (*STAGES, *INFERENCE) if s in args.stages]  # chain order
     summaries = [run_scale(scale, args) for scale in args.scales]
     if len(summaries) == 2:
         print_table(*summaries)

@@ -36,8 +36,8 @@ rule segment:
         f"{RESULTS}/logs/segment/{{slide}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/segment/{{slide}}.tsv"
-    # Cellpose runs torch on two threads; the classical backend is single-threaded, so two slides run side by side
-    threads: 2 if config["segment"]["backend"] == "cellpose" else 1
+    # classical: windows segmented on that many threads (labels bitwise equal); cellpose: torch's threads
+    threads: config["threads"]["segment"]
     resources:
         mem_mb=4000,
     conda:

@@ -15,7 +15,8 @@ rule simulate_slide:
         f"{RESULTS}/logs/simulate/{{slide}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/simulate/{{slide}}.tsv"
-    threads: 1
+    # frames rendered on that many worker processes, written in frame order (outputs byte-identical)
+    threads: config["threads"]["simulate"]
     resources:
         mem_mb=2000,
     conda:

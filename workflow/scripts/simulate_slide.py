@@ -9,5 +9,6 @@ summary = simulate_slide(
     snakemake.params.out_dir,
     frame_pattern=snakemake.params.frames["pattern"],
     frame_order=snakemake.params.frames["order"],
+    threads=snakemake.threads,
 )
 progress(f"done: {summary}")

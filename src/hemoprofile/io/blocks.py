@@ -20,13 +20,18 @@ result until the end, and results of ragged size (cell tables, patches) cannot b
 zarr array in order; batching the graph into windows would put a barrier after each window. A
 ``concurrent.futures`` pool fed block by block with a window of futures is the bounded, ordered form of
 the same threaded map; no scheduling logic is written here (the pool decides which thread runs what).
+
+The exception is work that holds the GIL: the slide simulator renders ~1,300 cells per frame with many
+small numpy calls each, and on a thread pool two frames took longer than on one thread (bench/
+simulate_threads.py). ``processes=True`` runs the same bounded, ordered map on forked worker processes.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -42,7 +47,7 @@ def resolve_threads(threads: int | None) -> int:
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = 1,
-                in_flight: int | None = None) -> Iterator[R]:
+                in_flight: int | None = None, processes: bool = False) -> Iterator[R]:
     """Yield ``fn(item)`` for each of ``items`` in their order, computing up to ``threads`` at a time.
 
     Parameters
@@ -52,6 +57,12 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = 
     items : the blocks (consumed lazily, as room in the window frees up).
     threads : worker threads; 1 (or None) runs ``fn`` in the calling thread, exactly the plain loop.
     in_flight : most blocks submitted and not yet yielded (default ``2 * threads``): bounds memory.
+    processes : run the blocks in ``threads`` forked worker processes instead of threads, for per-block
+        work that holds the GIL (many small numpy calls driven from Python, as the slide simulator's
+        per-cell rendering). ``fn``, the items and the results must then be picklable (``fn`` a
+        module-level function or a ``functools.partial`` of one) and ``fn`` sees a fork-time copy of the
+        caller's memory. Processes are forked (not spawned): a spawned worker re-runs the ``__main__``
+        module, which for a Snakemake script is the job itself.
 
     Yields
     ------
@@ -70,7 +81,12 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = 
         return
     limit = max(n, int(in_flight) if in_flight else 2 * n)
     window: deque[Future] = deque()
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="hemoprofile-block") as pool:
+    pool: Executor
+    if processes:
+        pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"))
+    else:
+        pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="hemoprofile-block")
+    with pool:
         try:
             for item in items:
                 window.append(pool.submit(fn, item))

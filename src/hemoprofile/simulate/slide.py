@@ -4,6 +4,7 @@ cohort's truth table, and a frame read back with its truth."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from hemoprofile.io import (
     frame_filename,
     frame_grid_position,
     open_ome_zarr,
+    ordered_map,
 )
 from hemoprofile.simulate.cell_models import CTC_EMT_FRACTION
 from hemoprofile.simulate.cohort import composition_of, patient_condition, plan_cohort
@@ -76,6 +78,7 @@ def simulate_slide(
     frame_pattern: str = "Tile{index:06d}.tif",
     frame_order: str = "row-major",
     truth_row_group: int = TRUTH_ROW_GROUP,
+    threads: int | None = 1,
 ) -> dict:
     """Simulate one slide of the synthetic cohort and write its image and ground truth.
 
@@ -83,7 +86,8 @@ def simulate_slide(
     OME-TIFF, which is assembled in memory and so is limited to ``OME_TIFF_MAX_BYTES``. The truth table
     is written incrementally: each frame's rows become a columnar table at once, and a parquet row group
     is written whenever ``truth_row_group`` rows are buffered, so memory does not grow with the slide.
-    Every output is written atomically.
+    Every output is written atomically. With ``threads`` > 1, up to ``2 x threads`` rendered frames
+    are held at once.
 
     Parameters
     ----------
@@ -93,6 +97,10 @@ def simulate_slide(
     frame_pattern : file name pattern of frame files (see :func:`hemoprofile.io.frame_filename`).
     frame_order : how frame numbers map to grid positions (``row-major`` or ``snake``).
     truth_row_group : rows per parquet row group of truth_cells.parquet (the most rows held at once).
+    threads : frames rendered at once, each in a forked worker process (the rendering is many small
+        numpy calls per cell and holds the GIL, so threads would not run it in parallel). Every frame
+        draws from its own generator seeded by (seed, slide, frame) and is numbered, stitched and
+        written in frame order, so every output is byte for byte the same for any number.
 
     Returns
     -------
@@ -163,22 +171,21 @@ def simulate_slide(
         mosaic = np.zeros((len(CHANNELS), height, width), np.uint16) if s.output_format == "ome-tiff" else None
         if mosaic is None:
             image_tmp.mkdir(parents=True)
-        for f in range(s.n_frames):
-            frame = simulate_frame(
-                np.random.default_rng([s.seed, 3, index, f]), s, composition, int(ctc_per_frame[f]), optics,
-                next_id, next_cluster, cluster_rate, emt_fraction,
-            )
+        render = functools.partial(
+            _render_frame, s=s, seed_key=(s.seed, 3, index), composition=composition, ctc_per_frame=ctc_per_frame,
+            optics=optics, cluster_rate=cluster_rate, emt_fraction=emt_fraction,
+            frame_dir=None if mosaic is not None else image_tmp, frame_pattern=frame_pattern,
+        )
+        # frames are rendered on `threads` worker processes (the per-cell rendering holds the GIL) and
+        # come back in frame order: ids, labels, truth rows and row groups are settled here, in order
+        for f, frame in enumerate(ordered_map(render, range(s.n_frames), threads, processes=True)):
+            _number_frame(frame, next_id, next_cluster)
             grid_row, grid_col = frame_grid_position(f, s.rows, s.cols, frame_order)
             y0, x0 = grid_row * s.frame_h, grid_col * s.frame_w
             window = (slice(y0, y0 + s.frame_h), slice(x0, x0 + s.frame_w))
             label_array[window] = frame.labels
             if mosaic is not None:
                 mosaic[(slice(None),) + window] = frame.image
-            else:
-                for c, channel in enumerate(CHANNELS):
-                    target = image_tmp / frame_filename(frame_pattern, f, c, channel, s.n_frames)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    tifffile.imwrite(target, frame.image[c], photometric="minisblack")
             for cell in frame.cells:
                 cell["y"] += y0
                 cell["x"] += x0
@@ -217,6 +224,38 @@ def simulate_slide(
     }
     log.info("simulated %s: %s", slide, summary)
     return summary
+
+
+def _render_frame(f: int, s: Settings, seed_key: tuple, composition: np.ndarray, ctc_per_frame: np.ndarray,
+                  optics, cluster_rate: float, emt_fraction: float, frame_dir: Path | None,
+                  frame_pattern: str):
+    """Render frame ``f`` from its own generator with frame-local ids (cells from 1, clusters from 0),
+    write its channel TIFFs into ``frame_dir`` (when given; the image is then dropped, so that a worker
+    process sends back only labels and truth rows) and return the frame."""
+    frame = simulate_frame(
+        np.random.default_rng([*seed_key, f]), s, composition, int(ctc_per_frame[f]), optics, 1, 0,
+        cluster_rate, emt_fraction,
+    )
+    if frame_dir is not None:
+        for c, channel in enumerate(CHANNELS):
+            target = frame_dir / frame_filename(frame_pattern, f, c, channel, s.n_frames)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(target, frame.image[c], photometric="minisblack")
+        frame.image = None
+    return frame
+
+
+def _number_frame(frame, first_id: int, first_cluster: int) -> None:
+    """Give a frame rendered with local ids (:func:`_render_frame`) its slide-wide cell and cluster ids,
+    in place: exactly what rendering it with ``first_id`` and ``first_cluster`` gives (no random draw
+    depends on the ids)."""
+    offset = first_id - 1
+    if offset:
+        frame.labels[frame.labels != 0] += np.uint32(offset)
+    for cell in frame.cells:
+        cell["cell_id"] += offset
+        if cell["cluster_id"] >= 0:
+            cell["cluster_id"] += first_cluster
 
 
 def simulate_cohort(synth_cfg: Mapping, out_dir: str | os.PathLike, sheet_path: str | os.PathLike,

@@ -1,5 +1,6 @@
 """hemoprofile.io.blocks.ordered_map: results in block order, a bounded window, errors at their turn."""
 
+import os
 import threading
 import time
 
@@ -62,3 +63,15 @@ def test_resolve_threads():
     assert resolve_threads(None) == 1 and resolve_threads(0) == 1 and resolve_threads(4) == 4
     with pytest.raises(ValueError, match="threads must be"):
         resolve_threads(-2)
+
+
+def _pid_and_square(i):
+    return os.getpid(), i * i
+
+
+def test_processes_run_blocks_in_forked_workers_in_order():
+    out = list(ordered_map(_pid_and_square, range(6), threads=2, processes=True))
+    assert [square for _, square in out] == [i * i for i in range(6)]
+    assert os.getpid() not in {pid for pid, _ in out}  # the blocks ran in worker processes
+    assert list(ordered_map(_pid_and_square, range(3), threads=1, processes=True)) == [(os.getpid(), i * i)
+                                                                                       for i in range(3)]

@@ -2,6 +2,7 @@
 truth and memory that does not grow with the slide."""
 
 import gc
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -128,6 +129,35 @@ def test_truth_is_written_in_row_groups_equal_to_a_one_shot_write(tmp_path):
     assert grouped_file.read().equals(one_file.read())
     with pytest.raises(ValueError, match="truth_row_group"):
         simulate(cfg, tmp_path / "bad", truth_row_group=0)
+
+
+def _tree_bytes(root):
+    """Every file's bytes, with the OME-XML UUID masked: tifffile draws a new one at each write."""
+    return {p.relative_to(root).as_posix(): re.sub(rb"urn:uuid:[0-9a-f-]+", b"urn:uuid:-", p.read_bytes())
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("output_format", ["frames", "ome-tiff"])
+def test_threads_give_byte_identical_slides(tmp_path, output_format):
+    """Frames rendered on 2 worker processes, numbered and written in frame order: every file of the
+    slide (frame TIFFs or the OME-TIFF, truth_labels.zarr, truth_cells.parquet) equals the 1-thread run,
+    with clusters and cell ids running across frames."""
+    cfg = tiny(3, 3, output_format=output_format, conditions={
+        "control": {"patients": 1, "ctc_per_1000": 0.0, "composition": {"CD4_T": 0.5, "granulocyte": 0.5}},
+        "disease": {"patients": 1, "ctc_per_1000": 200.0, "cluster_rate": 0.9,
+                    "composition": {"CD8_T": 0.5, "granulocyte": 0.5}},
+    })
+    sample, one = simulate(cfg, tmp_path / "one", truth_row_group=16)
+    _, two = simulate(cfg, tmp_path / "two", truth_row_group=16, threads=2)
+    assert one == {**two, "seconds": one["seconds"]}
+    slide_one, slide_two = tmp_path / "one" / sample["slide"], tmp_path / "two" / sample["slide"]
+    files = _tree_bytes(slide_one)
+    assert len(files) > 3 and files == _tree_bytes(slide_two)
+    truth = pq.read_table(slide_one / "truth_cells.parquet").to_pandas()
+    assert list(truth["cell_id"]) == list(range(1, one["n_cells"] + 1))
+    clustered = truth[truth["cluster_id"] >= 0]
+    assert clustered["frame"].nunique() > 1  # cluster ids are numbered across frames too
+    assert one["n_clusters"] == clustered["cluster_id"].nunique() == clustered["cluster_id"].max() + 1
 
 
 # --- memory ------------------------------------------------------------------------------------------
