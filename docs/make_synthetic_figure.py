@@ -23,7 +23,7 @@ def main() -> None:
     cfg = config["synthetic"]
     with tempfile.TemporaryDirectory() as tmp:
         plan = simulate.plan_cohort(cfg, tmp)
-        with_ctcs = [c for c, spec in cfg["conditions"].items() if spec["ctc_per_1000"] > 0]
+        with_ctcs = [c for c, spec in cfg["conditions"].items() if spec["ctc_per_million"] > 0]
         for _, sample in plan[plan["condition"].isin(with_ctcs)].iterrows():
             simulate.simulate_slide(cfg, sample, tmp, config["frames"]["pattern"], config["frames"]["order"])
             truth = pd.read_parquet(Path(sample["path"]).parent / "truth_cells.parquet")
@@ -31,7 +31,7 @@ def main() -> None:
             if len(ctcs):
                 break
         else:
-            raise SystemExit("no simulated slide holds a CTC; raise ctc_per_1000 in the config")
+            raise SystemExit("no simulated slide holds a CTC; raise ctc_per_million or ctc_enrichment in the config")
         score = ctcs.groupby("frame")["cluster_id"].agg(lambda ids: (ids >= 0).sum() * 10 + len(ids))
         frame = int(score.idxmax())
         simulate.render_frame_overlay(sample, frame, OUT_PNG, config["frames"]["pattern"], config["frames"]["order"])

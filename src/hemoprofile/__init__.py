@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 #: Version of each stage's output format and algorithm. Rules pass these as params, so bumping one
 #: reruns that stage (and what depends on it) and nothing else. Bump when a stage's output changes.
 STAGE_VERSIONS = {
-    "simulate": 1,
+    "simulate": 2,
     "tile": 2,
     "preprocess": 2,
     "segment": 3,

@@ -71,11 +71,19 @@ LEUKOCYTE_TYPES = ("CD4_T", "CD8_T", "B", "NK", "granulocyte", "monocyte")
 CTC = "CTC"
 #: Every simulated cell type.
 CELL_TYPES = (*LEUKOCYTE_TYPES, CTC)
+#: Simulated events that are neither a leukocyte nor a CTC but may pass a CK gate: ``CK_debris`` (a
+#: CK-positive fragment without a nucleus or with a tiny one) and ``apoptotic`` (a fragmented, CK-positive
+#: dying cell). They are not typeable cells: no immune task names them, and for the ``ctc`` task they
+#: are negatives (class ``leukocyte``, which there means "not a CTC").
+ARTEFACT_TYPES = ("CK_debris", "apoptotic")
+#: Every ``cell_type`` value of a synthetic truth_cells.parquet.
+TRUTH_TYPES = (*CELL_TYPES, *ARTEFACT_TYPES)
 #: Lineage of each leukocyte type.
 LINEAGE_OF = {"CD4_T": "lymphoid", "CD8_T": "lymphoid", "B": "lymphoid", "NK": "lymphoid",
               "granulocyte": "myeloid", "monocyte": "myeloid"}
-#: Lineage of every cell type (a CTC is ``tumour``): the ``lineage`` column of truth_cells.parquet.
-LINEAGE = {**LINEAGE_OF, CTC: "tumour"}
+#: Lineage of every truth type (a CTC is ``tumour``, an artefact ``artefact``): the ``lineage`` column of
+#: truth_cells.parquet.
+LINEAGE = {**LINEAGE_OF, CTC: "tumour", **{t: "artefact" for t in ARTEFACT_TYPES}}
 #: Display colour of each cell type (outlines in figures).
 TYPE_COLOURS = {
     "CD4_T": "#ffff33",
@@ -85,6 +93,8 @@ TYPE_COLOURS = {
     "granulocyte": "#ffffff",
     "monocyte": "#a98bff",
     "CTC": "#ff00ff",
+    "CK_debris": "#ff4040",
+    "apoptotic": "#8c564b",
 }
 
 # --- classification tasks -----------------------------------------------------------------------------------
@@ -96,7 +106,9 @@ TASKS: dict[str, dict[str, str]] = {
     "immune5": {"CD4_T": "T", "CD8_T": "T", "B": "B", "NK": "NK", "granulocyte": "granulocyte",
                 "monocyte": "monocyte"},
     "immune6": {t: t for t in LEUKOCYTE_TYPES},
-    "ctc": {**{t: "leukocyte" for t in LEUKOCYTE_TYPES}, "CTC": "CTC"},
+    # "leukocyte" is the ctc task's negative class: every truth event that is not a CTC, look-alike
+    # artefacts included, so that a CTC classifier trained on truth learns to reject them.
+    "ctc": {**{t: "leukocyte" for t in LEUKOCYTE_TYPES}, "CTC": "CTC", **{t: "leukocyte" for t in ARTEFACT_TYPES}},
 }
 #: Stained-smear names (PBC, CellaVision) with an unambiguous place in a task; a lymphocyte is not
 #: split into T/B/NK by morphology alone, so it maps only for ``lineage``.

@@ -25,8 +25,8 @@ TINY_CONFIG = {
         "cells_per_frame": 15,
         "conditions": {
             "control": {"patients": 2, "blind_patients": 1, "composition": _COMPOSITIONS["control"]},
-            "disease_a": {"patients": 2, "ctc_per_1000": 50.0, "composition": _COMPOSITIONS["disease_a"]},
-            "disease_b": {"patients": 2, "ctc_per_1000": 50.0, "composition": _COMPOSITIONS["disease_b"]},
+            "disease_a": {"patients": 2, "ctc_per_million": 50000.0, "composition": _COMPOSITIONS["disease_a"]},
+            "disease_b": {"patients": 2, "ctc_per_million": 50000.0, "composition": _COMPOSITIONS["disease_b"]},
         },
     },
     # 256 px slides in 96 px tiles: edge tiles are partial, so sizes that are not multiples are covered

@@ -101,6 +101,9 @@ def validate_config(config: Mapping, schema_path: str | os.PathLike | None = Non
     5
     """
     schema = load_schema(schema_path or SCHEMA_DIR / "config.schema.yaml")
+    renamed = _renamed_key_problems(config)
+    if renamed:  # before the schema, which would only call the old key unknown
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(renamed))
     filled = copy.deepcopy(dict(config))
     validator = _FillingValidator(schema)
     problems = sorted({_describe(e) for e in _leaf_errors(validator.iter_errors(filled))})
@@ -108,6 +111,36 @@ def validate_config(config: Mapping, schema_path: str | os.PathLike | None = Non
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return filled
+
+
+def renamed_key_problems(synth_cfg: Mapping) -> list[str]:
+    """Messages for keys of the ``synthetic`` section that were renamed (today ``ctc_per_1000``), each
+    with the value to write instead; empty when there are none.
+
+    Example
+    -------
+    >>> renamed_key_problems({"conditions": {"d": {"ctc_per_1000": 4.0}}})  # doctest: +NORMALIZE_WHITESPACE
+    ["synthetic.conditions.d.ctc_per_1000 was replaced by ctc_per_million (CTCs per million nucleated
+    cells): write ctc_per_million: 4000"]
+    """
+    problems = []
+    conditions = synth_cfg.get("conditions") if isinstance(synth_cfg, Mapping) else None
+    for name, spec in (conditions or {}).items():
+        if isinstance(spec, Mapping) and "ctc_per_1000" in spec:
+            try:
+                converted = f"{float(spec['ctc_per_1000']) * 1000:g}"
+            except (TypeError, ValueError):
+                converted = "<ctc_per_1000 x 1000>"
+            problems.append(
+                f"synthetic.conditions.{name}.ctc_per_1000 was replaced by ctc_per_million (CTCs per million "
+                f"nucleated cells): write ctc_per_million: {converted}"
+            )
+    return problems
+
+
+def _renamed_key_problems(config: Mapping) -> list[str]:
+    synthetic = config.get("synthetic") if isinstance(config, Mapping) else None
+    return renamed_key_problems(synthetic) if isinstance(synthetic, Mapping) else []
 
 
 def _semantic_config_problems(config: dict) -> list[str]:
@@ -125,6 +158,13 @@ def _semantic_config_problems(config: dict) -> list[str]:
     synthetic = config["synthetic"]
     if synthetic["enabled"] and sum(c.get("patients", 0) for c in synthetic["conditions"].values()) == 0:
         problems.append("key 'synthetic.conditions': every condition has 0 patients; the cohort would be empty")
+    for name, condition in synthetic["conditions"].items():
+        emt, small = condition.get("emt_fraction", 0.3), condition.get("small_fraction", 0.2)
+        if emt + small > 1:
+            problems.append(
+                f"key 'synthetic.conditions.{name}': emt_fraction ({emt}) + small_fraction ({small}) exceeds 1 "
+                "(each CTC is one subtype)"
+            )
     return problems
 
 
@@ -139,7 +179,7 @@ def load_config(path: str | os.PathLike, schema_path: str | os.PathLike | None =
 
 
 SAMPLE_COLUMNS_INT = ("frame_rows", "frame_cols")
-SAMPLE_COLUMNS_FLOAT = ("pixel_size_um",)
+SAMPLE_COLUMNS_FLOAT = ("pixel_size_um", "ctc_enrichment")
 
 
 def _row_for_schema(row: Mapping) -> dict:

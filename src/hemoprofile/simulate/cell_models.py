@@ -1,4 +1,10 @@
-"""What each cell type looks like: the distributions of its size, shape and marker levels."""
+"""What each cell type looks like: the distributions of its size, shape and marker levels.
+
+A model is keyed by its own name, which is the cell type for ordinary cells; CTC subtypes and
+look-alikes have models of their own (``CTC_small``, ``large_leukocyte``, ``CK_debris``, ``apoptotic``)
+whose events are recorded in the truth under the type a classifier should call them
+(:mod:`hemoprofile.simulate.lookalikes` says which).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,9 @@ class CellModel:
     level_sigma: float = 0.22
     granularity: float = 0.0  # 0: smooth cytoplasm; up to 1: strongly granular
     chromatin: float = 0.2  # relative amplitude of the DAPI texture
+    # CK/VIM texture: leukocyte (granules, mottle), epithelial (filaments), fragment (blotchy blebs)
+    pattern: str = "leukocyte"
+    radius_uniform: bool = False  # radius drawn uniform in (low, high) rather than (mean, CV)
 
 
 CELL_MODELS: dict[str, CellModel] = {
@@ -46,10 +55,38 @@ CELL_MODELS: dict[str, CellModel] = {
                           chromatin=0.25),
     # CTCs: large, CK-high (filamentous), CD45-negative, dimmer DAPI per pixel; VIM set per cell (EMT).
     "CTC": CellModel((12.0, 20.0), 0.25, 0.07, "irregular", (0.45, 0.65),
-                     {"DAPI": 1500, "CK": 4000, "VIM": 150, "CD45": 12}, level_sigma=0.35, chromatin=0.35),
+                     {"DAPI": 1500, "CK": 4000, "VIM": 150, "CD45": 12}, level_sigma=0.35, chromatin=0.35,
+                     pattern="epithelial", radius_uniform=True),
+    # Small CTCs (HDSCA's "CTC-small"): CK-high and CD45-negative but leukocyte-sized, a high
+    # nucleus-to-cytoplasm ratio; size alone no longer tells them from leukocytes.
+    "CTC_small": CellModel((7.0, 10.0), 0.2, 0.06, "irregular", (0.6, 0.78),
+                           {"DAPI": 1800, "CK": 4000, "VIM": 150, "CD45": 12}, level_sigma=0.35, chromatin=0.35,
+                           pattern="epithelial", radius_uniform=True),
+    # A CTC-sized leukocyte (activated or large monocyte, macrophage-like): CD45+, CK-, VIM-high, kidney
+    # nucleus; fools a size rule and, with dim CD45, a CD45 rule. Recorded as a monocyte.
+    "large_leukocyte": CellModel((13.5, 0.10), 0.18, 0.04, "kidney", (0.95, 1.1),
+                                 {"DAPI": 2300, "CK": 25, "VIM": 1800, "CD45": 2600}, granularity=0.2,
+                                 chromatin=0.25),
+    # CK+ debris: a cell-sized CK-bright fragment (cytoskeleton remnant, skin or cell-line debris) with no
+    # nucleus or a tiny one (``tiny``: none in about half of them); blotchy CK, no CD45.
+    "CK_debris": CellModel((4.5, 0.30), 0.35, 0.10, "tiny", (0.15, 0.35),
+                           {"DAPI": 2500, "CK": 3000, "VIM": 120, "CD45": 15}, level_sigma=0.4,
+                           chromatin=0.3, pattern="fragment"),
+    # An apoptotic / fragmented epithelial cell: shrunken, blebbed outline, condensed nuclear fragments
+    # (karyorrhexis: bright, small DAPI blobs), CK in blebs, CD45 low. HDSCA counts apoptotic CTCs as a
+    # category of their own; here they are negatives of the ctc task (an intact CTC is the target).
+    "apoptotic": CellModel((6.5, 0.15), 0.25, 0.08, "fragmented", (0.15, 0.3),
+                           {"DAPI": 5500, "CK": 1800, "VIM": 250, "CD45": 60}, level_sigma=0.35,
+                           chromatin=0.1, pattern="fragment"),
 }
 
-#: Fraction of CTCs with an epithelial-mesenchymal phenotype (VIM-high; a condition's ``emt_fraction``
-#: overrides it), and their VIM level.
+#: Fraction of CTCs with an epithelial-mesenchymal (EMT-like) phenotype, CK-low and VIM-high (a
+#: condition's ``emt_fraction`` overrides it), and their CK and VIM levels: CK about a sixth of a
+#: CK-high CTC's (still well above a leukocyte's 15-60), VIM a monocyte's.
 CTC_EMT_FRACTION = 0.3
+CTC_EMT_CK = 700.0
 CTC_EMT_VIM = 1600.0
+#: Fraction of CTCs that are small (model ``CTC_small``; a condition's ``small_fraction`` overrides it).
+CTC_SMALL_FRACTION = 0.2
+#: CTC subtypes as recorded in truth_cells.parquet's ``ctc_subtype`` (clustering is ``cluster_id``).
+CTC_SUBTYPES = ("CK_high", "EMT", "small")

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from hemoprofile.simulate.cell_models import CELL_MODELS, CTC_EMT_FRACTION, CTC_EMT_VIM
+from hemoprofile.simulate.cell_models import (
+    CELL_MODELS,
+    CTC_EMT_CK,
+    CTC_EMT_FRACTION,
+    CTC_EMT_VIM,
+    CTC_SMALL_FRACTION,
+)
 from hemoprofile.simulate.settings import CHANNELS
 
 _HARMONICS = np.arange(2, 8)  # radial harmonics 2 (ellipticity) .. 7 (boundary wiggles)
@@ -28,6 +34,14 @@ class Cell:
     cx: float = math.nan
     partner_of: int = -1  # index of the CTC this leukocyte is clustered with
     cluster: int = -1  # slide-wide cluster id once the frame is settled
+    model: str = ""  # key of CELL_MODELS (the cell type's own when empty)
+    lookalike: str = ""  # the look-alike kind this cell is ("" for an ordinary cell)
+    ctc_subtype: str = ""  # CK_high | EMT | small for CTCs, "" otherwise
+    ck_fragment: bool = False  # a CK+ fragment lies over this (leukocyte) cell
+
+    @property
+    def model_name(self) -> str:
+        return self.model or self.cell_type
 
     def radius_at(self, theta):
         """Boundary radius in direction ``theta`` (radians, image coordinates, y down)."""
@@ -35,9 +49,22 @@ class Cell:
         return self.radius * (1.0 + np.sum(self.amps * np.cos(_HARMONICS * theta - self.phases), axis=-1))
 
 
-def draw_cell(rng: np.random.Generator, cell_type: str, emt_fraction: float = CTC_EMT_FRACTION) -> Cell:
-    model = CELL_MODELS[cell_type]
+def draw_cell(rng: np.random.Generator, cell_type: str, emt_fraction: float = CTC_EMT_FRACTION,
+              small_fraction: float = CTC_SMALL_FRACTION, model_name: str = "") -> Cell:
+    """Draw one cell of ``cell_type`` (its size, outline and marker levels) from its model.
+
+    A CTC first draws its subtype from one uniform number: EMT (CK-low, VIM-high) with probability
+    ``emt_fraction``, small (model ``CTC_small``) with ``small_fraction``, else CK-high. ``model_name``
+    draws from another model than the type's own (a look-alike recorded under ``cell_type``).
+    """
+    subtype = ""
     if cell_type == "CTC":
+        u = rng.random()
+        subtype = "EMT" if u < emt_fraction else "small" if u < emt_fraction + small_fraction else "CK_high"
+        if subtype == "small":
+            model_name = "CTC_small"
+    model = CELL_MODELS[model_name or cell_type]
+    if model.radius_uniform:
         radius = rng.uniform(*model.radius)
     else:
         mean, cv = model.radius
@@ -50,12 +77,13 @@ def draw_cell(rng: np.random.Generator, cell_type: str, emt_fraction: float = CT
     phases = rng.uniform(0.0, 2 * np.pi, len(_HARMONICS))
     shared = rng.normal(0.0, 0.1)
     levels = {}
+    means = dict(model.levels)
+    if subtype == "EMT":
+        means.update(CK=CTC_EMT_CK, VIM=CTC_EMT_VIM)
     for channel in CHANNELS:
-        mean = model.levels[channel]
-        if cell_type == "CTC" and channel == "VIM" and rng.random() < emt_fraction:
-            mean = CTC_EMT_VIM
-        levels[channel] = mean * math.exp(shared + rng.normal(0.0, model.level_sigma) - model.level_sigma**2 / 2)
-    return Cell(cell_type, radius, amps, phases, radius * (1.0 + amps.sum()), levels)
+        levels[channel] = means[channel] * math.exp(shared + rng.normal(0.0, model.level_sigma) - model.level_sigma**2 / 2)
+    return Cell(cell_type, radius, amps, phases, radius * (1.0 + amps.sum()), levels, model=model_name,
+                ctc_subtype=subtype)
 
 
 def place_cells(rng, cells: list[Cell], shape: tuple[int, int], touching_fraction: float) -> list[int]:

@@ -31,7 +31,10 @@ def plan_cohort(synth_cfg: Mapping, out_dir: str | os.PathLike) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame with columns slide, patient, condition, path, format, channels, pixel_size_um,
-    frame_rows, frame_cols, batch (the slide name: each slide has its own batch effect).
+    frame_rows, frame_cols, batch (the slide name: each slide has its own batch effect), ctc_arm
+    (``real``: CTCs at the conditions' real rates, an evaluation cohort; ``enriched``: rates multiplied
+    by ``ctc_enrichment``, a spiked training or demo cohort) and ctc_enrichment (the factor). The rate
+    itself is not a column: it would tell a blinded patient's condition.
 
     Example
     -------
@@ -63,11 +66,13 @@ def plan_cohort(synth_cfg: Mapping, out_dir: str | os.PathLike) -> pd.DataFrame:
                     "frame_rows": s.rows,
                     "frame_cols": s.cols,
                     "batch": slide,
+                    "ctc_arm": "enriched" if s.ctc_enrichment > 1 else "real",
+                    "ctc_enrichment": s.ctc_enrichment,
                 })
     columns = ["slide", "patient", "condition", "path", "format", "channels", "pixel_size_um",
-               "frame_rows", "frame_cols", "batch"]
+               "frame_rows", "frame_cols", "batch", "ctc_arm", "ctc_enrichment"]
     plan = pd.DataFrame(rows, columns=columns)
-    return plan.astype({"pixel_size_um": float, "frame_rows": int, "frame_cols": int})
+    return plan.astype({"pixel_size_um": float, "frame_rows": int, "frame_cols": int, "ctc_enrichment": float})
 
 
 def patient_composition(synth_cfg: Mapping, patient: str) -> dict[str, float]:

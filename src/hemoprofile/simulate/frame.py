@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from hemoprofile.simulate.cell_models import CTC_EMT_FRACTION
+from hemoprofile.simulate.cell_models import CTC_EMT_FRACTION, CTC_SMALL_FRACTION
 from hemoprofile.simulate.cells import cell_window, draw_cell, keep_largest_component, place_cells, polar, rasterise
+from hemoprofile.simulate.lookalikes import make_lookalikes
 from hemoprofile.simulate.optics import SlideOptics, apply_optics
-from hemoprofile.simulate.render import render_cell, render_debris
+from hemoprofile.simulate.render import add_ck_fragment, render_cell, render_debris
 from hemoprofile.simulate.settings import CHANNELS, Settings
 from hemoprofile.vocabulary import LEUKOCYTE_TYPES
 
@@ -28,17 +29,23 @@ class Frame:
 
 def simulate_frame(rng, s: Settings, composition: np.ndarray, n_ctc: int, optics: SlideOptics,
                    first_id: int, first_cluster: int, cluster_rate: float | None = None,
-                   emt_fraction: float = CTC_EMT_FRACTION) -> Frame:
+                   emt_fraction: float = CTC_EMT_FRACTION, lookalikes: dict[str, int] | None = None,
+                   small_fraction: float = CTC_SMALL_FRACTION) -> Frame:
     """Simulate one frame from its own ``rng``: cell ids start at ``first_id``, cluster ids at
-    ``first_cluster``; ``cluster_rate`` None is the section's."""
+    ``first_cluster``; ``cluster_rate`` None is the section's; ``lookalikes``: the frame's count of each
+    look-alike kind (:func:`hemoprofile.simulate.lookalikes.make_lookalikes`)."""
     shape = (s.frame_h, s.frame_w)
     n_total = int(rng.poisson(s.cells_per_frame))
     n_leukocytes = max(n_total - n_ctc, 0)
     types = [LEUKOCYTE_TYPES[k] for k in rng.choice(len(LEUKOCYTE_TYPES), size=n_leukocytes, p=composition)]
-    cells = [draw_cell(rng, "CTC", emt_fraction) for _ in range(n_ctc)] + [draw_cell(rng, t) for t in types]
+    cells = [draw_cell(rng, "CTC", emt_fraction, small_fraction) for _ in range(n_ctc)]
+    cells += [draw_cell(rng, t) for t in types]
+    if lookalikes:
+        make_lookalikes(rng, cells, lookalikes, draw_cell)
     cluster_rate = s.cluster_rate if cluster_rate is None else cluster_rate
 
-    free = list(range(n_ctc, len(cells)))  # leukocytes not yet in a cluster
+    # leukocytes not yet in a cluster (artefacts are never a CTC's partner)
+    free = [j for j in range(n_ctc, len(cells)) if cells[j].cell_type in LEUKOCYTE_TYPES]
     for i in range(n_ctc):
         if rng.random() < cluster_rate:
             k = int(rng.integers(1, 4))
@@ -89,6 +96,8 @@ def simulate_frame(rng, s: Settings, composition: np.ndarray, n_ctc: int, optics
         own = labels[window] == cell_id
         dy, dx, rho = polar(cell, window)
         cell_signal, nucleus = render_cell(rng, cell, own, dy, dx, rho)
+        if cell.ck_fragment:
+            add_ck_fragment(rng, cell, cell_signal, dy, dx)
         true_means = cell_signal[:, own].mean(axis=1)
         # slight defocus: cells do not all sit in the focal plane
         defocus = abs(rng.normal(0.0, 0.4))
@@ -108,6 +117,8 @@ def simulate_frame(rng, s: Settings, composition: np.ndarray, n_ctc: int, optics
             "nucleus_area_px": int(nucleus.sum()),
             "cluster_id": int(cell.cluster),
             "touching": bool(np.any((neighbours != 0) & (neighbours != cell_id))),
+            "lookalike": cell.lookalike,
+            "ctc_subtype": cell.ctc_subtype,
             **{f"true_{c}": float(m) for c, m in zip(CHANNELS, true_means)},
         })
 

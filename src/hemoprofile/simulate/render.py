@@ -55,7 +55,7 @@ def _granules(rng, shape, own, strength: float) -> np.ndarray:
 
 def _nucleus_mask(rng, cell: Cell, dy, dx, rho) -> np.ndarray:
     """Nucleus of the cell in its window (before clipping to the cell's own pixels)."""
-    model = CELL_MODELS[cell.cell_type]
+    model = CELL_MODELS[cell.model_name]
     orientation = rng.uniform(0.0, 2 * np.pi)
     cos_o, sin_o = math.cos(orientation), math.sin(orientation)
     u = dx * cos_o + dy * sin_o  # coordinates in the nucleus' own frame
@@ -72,6 +72,19 @@ def _nucleus_mask(rng, cell: Cell, dy, dx, rho) -> np.ndarray:
         )
         # the nucleus follows the cell's outline (scaled), plus its own small wobble
         return np.hypot(ny, nx) / (cell.radius_at(theta) * wobble) < ratio
+    if model.nucleus == "tiny":  # debris: no nucleus in about half, else a small DNA remnant
+        if rng.random() < 0.5:
+            return np.zeros(dy.shape, bool)
+        ratio = rng.uniform(*model.nucleus_ratio)
+        oy, ox = rng.normal(0.0, R * 0.25, 2)
+        return np.hypot(dy - oy, dx - ox) < max(ratio * R, 1.0)
+    if model.nucleus == "fragmented":  # karyorrhexis: 2-5 condensed round fragments
+        mask = np.zeros(dy.shape, bool)
+        for _ in range(int(rng.integers(2, 6))):
+            radius = max(R * rng.uniform(*model.nucleus_ratio), 1.0)
+            oy, ox = rng.normal(0.0, R * 0.3, 2)
+            mask |= np.hypot(dy - oy, dx - ox) < radius
+        return mask
     if model.nucleus == "kidney":
         scale = rng.uniform(*model.nucleus_ratio)
         a, b = R * 0.60 * scale, R * 0.45 * scale
@@ -103,7 +116,7 @@ def _nucleus_mask(rng, cell: Cell, dy, dx, rho) -> np.ndarray:
 def render_cell(rng, cell: Cell, own: np.ndarray, dy, dx, rho) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free stain signal of one cell in its window, (channel, y, x), zero outside ``own``;
     and its nucleus mask."""
-    model = CELL_MODELS[cell.cell_type]
+    model = CELL_MODELS[cell.model_name]
     nucleus = _nucleus_mask(rng, cell, dy, dx, rho) & own & (rho < 0.95)
     cytoplasm = own & ~nucleus
     shape = own.shape
@@ -121,9 +134,12 @@ def render_cell(rng, cell: Cell, own: np.ndarray, dy, dx, rho) -> tuple[np.ndarr
     granules = _granules(rng, shape, own, model.granularity) if model.granularity > 0 else 1.0
     # CD45 is a membrane protein: seen face-on it fills the cell faintly, edge-on it makes a bright rim
     cd45 = own * (0.35 + 0.65 * np.exp(-(((rho - 0.88) / 0.16) ** 2))) * (0.5 + 0.5 * granules)
-    if cell.cell_type == "CTC":
+    if model.pattern == "epithelial":
         ck = (cytoplasm + 0.35 * nucleus) * _filaments(rng, cell, dy, dx, own)
         vim = (cytoplasm + 0.25 * nucleus) * _filaments(rng, cell, dy, dx, own)
+    elif model.pattern == "fragment":  # blebs: blotchy, with dark gaps
+        ck = own * np.clip(1.0 + 0.8 * _smooth_noise(rng, shape, 1.5), 0.05, None)
+        vim = own * np.clip(1.0 + 0.5 * _smooth_noise(rng, shape, 1.5), 0.05, None)
     else:
         ck = own * granules * np.clip(1.0 + 0.3 * _smooth_noise(rng, shape, 1.0), 0.0, None)
         mottle = np.clip(1.0 + 0.2 * _smooth_noise(rng, shape, 1.0), 0.0, None)
@@ -138,6 +154,18 @@ def render_cell(rng, cell: Cell, own: np.ndarray, dy, dx, rho) -> tuple[np.ndarr
         if mean > 0:
             signal[c] = cell.levels[channel] * pattern / mean
     return signal, nucleus
+
+
+def add_ck_fragment(rng, cell: Cell, signal: np.ndarray, dy, dx) -> None:
+    """Lay a CK+ fragment (a blob of cytokeratin debris, 1.5-3 px sigma, peak ~4000) over a cell's
+    signal in place, centred inside the cell at 20-80% of its radius: a CK+ CD45+ event."""
+    theta = rng.uniform(0.0, 2 * np.pi)
+    r = float(cell.radius_at(theta)) * rng.uniform(0.2, 0.8)
+    cy, cx = r * math.sin(theta), r * math.cos(theta)
+    sigma = rng.uniform(1.5, 3.0)
+    peak = rng.lognormal(math.log(4000.0), 0.4)
+    blob = np.exp(-((dy - cy) ** 2 + (dx - cx) ** 2) / (2 * sigma**2))
+    signal[CHANNELS.index("CK")] += (peak * blob).astype(signal.dtype)
 
 
 def render_debris(rng, mean_count: float, labels, signal) -> int:

@@ -1,6 +1,14 @@
 """The ``synthetic`` config section read into :class:`Settings` (every key required: the config
 validation fills the defaults from the schema, except ``preset`` and ``scale``, which default to none
-and 1), the simulator's channels, and the real-size HDSCA preset.
+and 1, ``lookalikes``, which defaults to :data:`~hemoprofile.simulate.lookalikes.LOOKALIKE_DEFAULTS`,
+and ``ctc_enrichment``, which defaults to 1), the simulator's channels, and the real-size HDSCA preset.
+
+Rare-event rates are per million nucleated cells: a condition's ``ctc_per_million`` (0 for controls)
+and the cohort's ``lookalikes``. ``ctc_enrichment`` multiplies every condition's CTC rate: 1 is the real
+rate (an evaluation cohort); above 1 the cohort is CTC-enriched, as a training cohort spiked with
+cell-line cells is; the plan records it per slide (``ctc_arm``, ``ctc_enrichment``). The old key
+``ctc_per_1000`` (per 1000 cells) is refused with the converted value in the message rather than
+converted silently, so that one unit is read everywhere.
 
 The ``hdsca`` preset is the Kuhn lab scanner's layout (10x objective, 0.591 um/px, 96 rows x 24 columns
 of 1362 x 1004 px frames, overlap removed) at the density of a real slide, ~1,300 nucleated cells per
@@ -24,6 +32,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
+from hemoprofile.config.validation import renamed_key_problems
+from hemoprofile.simulate.cell_models import CTC_EMT_FRACTION, CTC_SMALL_FRACTION
+from hemoprofile.simulate.lookalikes import read_lookalike_rates
 from hemoprofile.vocabulary import HDSCA_CHANNELS, LEUKOCYTE_TYPES
 
 CHANNELS = tuple(HDSCA_CHANNELS)  # DAPI, CK, VIM, CD45
@@ -107,10 +118,17 @@ class Settings:
     patient_variation: float
     preset: str = "none"
     scale: float = 1.0
+    lookalikes: dict = None  # kind -> rate per million nucleated cells (read_lookalike_rates)
+    ctc_enrichment: float = 1.0  # factor on every condition's ctc_per_million (1: real rates)
 
     @property
     def n_frames(self) -> int:
         return self.rows * self.cols
+
+    def ctc_per_million(self, condition: str) -> float:
+        """The CTC rate slides of ``condition`` are simulated at: its ``ctc_per_million`` times
+        ``ctc_enrichment``."""
+        return float(self.conditions[condition].get("ctc_per_million", 0.0)) * self.ctc_enrichment
 
 
 def read_settings(cfg: Mapping) -> Settings:
@@ -131,6 +149,9 @@ def read_settings(cfg: Mapping) -> Settings:
     output_format = str(get("output_format"))
     if output_format not in ("frames", "ome-tiff"):
         raise ValueError(f"synthetic output_format {output_format!r} is not one of frames, ome-tiff")
+    renamed = renamed_key_problems(cfg)
+    if renamed:
+        raise ValueError("; ".join(renamed))
     conditions = dict(get("conditions"))
     if not conditions:
         raise ValueError("synthetic config has no conditions")
@@ -140,10 +161,27 @@ def read_settings(cfg: Mapping) -> Settings:
         if unknown:
             raise ValueError(
                 f"synthetic condition {name!r}: unknown cell type(s) {unknown} in composition; allowed: "
-                f"{', '.join(LEUKOCYTE_TYPES)} (CTCs come from ctc_per_1000)"
+                f"{', '.join(LEUKOCYTE_TYPES)} (CTCs come from ctc_per_million)"
             )
         if sum(float(w) for w in composition.values()) <= 0:
             raise ValueError(f"synthetic condition {name!r}: composition weights sum to 0")
+        rate = float(condition.get("ctc_per_million", 0.0))
+        if not (math.isfinite(rate) and rate >= 0):
+            raise ValueError(f"synthetic condition {name!r}: ctc_per_million {rate!r} must be a finite rate >= 0")
+        emt = float(condition.get("emt_fraction", CTC_EMT_FRACTION))
+        small = float(condition.get("small_fraction", CTC_SMALL_FRACTION))
+        if not (0 <= emt <= 1 and 0 <= small <= 1 and emt + small <= 1):
+            raise ValueError(
+                f"synthetic condition {name!r}: emt_fraction {emt} and small_fraction {small} must be in [0, 1] "
+                "and sum to at most 1 (each CTC is one subtype)"
+            )
+    enrichment = float(cfg.get("ctc_enrichment", 1.0))
+    if not (math.isfinite(enrichment) and enrichment >= 1):
+        raise ValueError(
+            f"synthetic.ctc_enrichment {cfg.get('ctc_enrichment')!r} must be >= 1 (1: real rates; above 1: a "
+            "CTC-enriched cohort)"
+        )
+    lookalikes = read_lookalike_rates(cfg.get("lookalikes"))
     optics = get("optics")
     preset_name = str(cfg.get("preset", "none"))
     scale = parse_scale(cfg.get("scale", 1))
@@ -193,4 +231,6 @@ def read_settings(cfg: Mapping) -> Settings:
         patient_variation=float(get("patient_variation")),
         preset=preset_name,
         scale=scale,
+        lookalikes=lookalikes,
+        ctc_enrichment=enrichment,
     )

@@ -25,25 +25,28 @@ from hemoprofile.io import (
     open_ome_zarr,
     ordered_map,
 )
-from hemoprofile.simulate.cell_models import CTC_EMT_FRACTION
+from hemoprofile.simulate.cell_models import CTC_EMT_FRACTION, CTC_SMALL_FRACTION
 from hemoprofile.simulate.cohort import composition_of, patient_condition, plan_cohort
 from hemoprofile.simulate.frame import simulate_frame
+from hemoprofile.simulate.lookalikes import slide_event_counts
 from hemoprofile.simulate.optics import slide_optics
 from hemoprofile.simulate.settings import CHANNELS, Settings, read_settings
-from hemoprofile.vocabulary import CELL_TYPES, LINEAGE
+from hemoprofile.vocabulary import LINEAGE, TRUTH_TYPES
 
 log = logging.getLogger(__name__)
 
 #: Schema of truth_cells.parquet: one row per cell, (slide, cell_id) is the key; cell_id is the cell's
 #: value in truth_labels.zarr. y, x: centroid in slide-mosaic pixels; area_px: pixels in the label image;
 #: radius_px: the drawn nominal radius; cluster_id: shared by a CTC and its leukocytes, -1 outside
-#: clusters; touching: the label is 8-adjacent to another cell's; true_<channel>: mean noise-free stain
-#: signal in the label, before optics and batch gain.
+#: clusters; touching: the label is 8-adjacent to another cell's; lookalike: the look-alike kind of the
+#: event ("" for ordinary cells and CTCs; :mod:`hemoprofile.simulate.lookalikes`); ctc_subtype: CK_high,
+#: EMT or small for CTCs, "" otherwise; true_<channel>: mean noise-free stain signal in the label, before
+#: optics and batch gain. cell_type is one of :data:`~hemoprofile.vocabulary.TRUTH_TYPES`.
 TRUTH_SCHEMA = pa.schema([
     ("slide", pa.string()), ("patient", pa.string()), ("condition", pa.string()), ("cell_id", pa.int64()),
     ("cell_type", pa.string()), ("lineage", pa.string()), ("frame", pa.int32()), ("y", pa.float64()),
     ("x", pa.float64()), ("area_px", pa.int64()), ("radius_px", pa.float64()), ("nucleus_area_px", pa.int64()),
-    ("cluster_id", pa.int64()), ("touching", pa.bool_()),
+    ("cluster_id", pa.int64()), ("touching", pa.bool_()), ("lookalike", pa.string()), ("ctc_subtype", pa.string()),
     *((f"true_{c}", pa.float64()) for c in CHANNELS),
 ])
 TRUTH_COLUMNS = tuple(TRUTH_SCHEMA.names)
@@ -102,9 +105,16 @@ def simulate_slide(
         draws from its own generator seeded by (seed, slide, frame) and is numbered, stitched and
         written in frame order, so every output is byte for byte the same for any number.
 
+    CTCs and look-alikes: the slide's count of each is Poisson (the condition's ``ctc_per_million``
+    times ``ctc_enrichment``; ``lookalikes`` per kind) over its expected nucleated cells, and the frames
+    they fall on are drawn from the slide's generator before rendering
+    (:func:`hemoprofile.simulate.lookalikes.slide_event_counts`).
+
     Returns
     -------
-    dict with slide, n_cells, counts (cell type -> number), n_clusters, n_debris, seconds.
+    dict with slide, n_cells, counts (truth cell type -> number), lookalikes (kind -> number),
+    n_ctc_drawn (the slide's Poisson draw; a CTC left out of a full frame is not in ``counts``),
+    ctc_per_million (the rate simulated), n_clusters, n_debris, seconds.
 
     Raises
     ------
@@ -141,11 +151,12 @@ def simulate_slide(
     composition = composition_of(s, condition, int(patient.lstrip("P")))
     slide_rng = np.random.default_rng([s.seed, 2, index])
     optics = slide_optics(slide_rng, s)
-    ctc_rate = float(spec.get("ctc_per_1000", 0.0))
+    ctc_rate = s.ctc_per_million(condition)
     cluster_rate = float(spec["cluster_rate"]) if spec.get("cluster_rate") is not None else s.cluster_rate
     emt_fraction = float(spec.get("emt_fraction", CTC_EMT_FRACTION))
-    n_ctc = int(slide_rng.poisson(ctc_rate * s.cells_per_frame * s.n_frames / 1000.0))
-    ctc_per_frame = np.bincount(slide_rng.integers(0, s.n_frames, n_ctc), minlength=s.n_frames)
+    small_fraction = float(spec.get("small_fraction", CTC_SMALL_FRACTION))
+    events = slide_event_counts(slide_rng, s.cells_per_frame * s.n_frames, s.n_frames, ctc_rate, s.lookalikes)
+    ctc_per_frame = events.pop("CTC")
 
     # chunks no larger than a frame, so that writing a frame rewrites few chunks
     tile = min(512, s.frame_h, s.frame_w)
@@ -153,7 +164,8 @@ def simulate_slide(
         raise ValueError(f"truth_row_group must be at least 1, got {truth_row_group}")
     truth_buffer: list[pa.Table] = []  # whole frames' rows, columnar, until a row group is full
     buffered = 0
-    counts = dict.fromkeys(CELL_TYPES, 0)
+    counts = dict.fromkeys(TRUTH_TYPES, 0)
+    lookalike_counts = dict.fromkeys(events, 0)
     next_id, next_cluster, n_debris = 1, 0, 0
     with contextlib.ExitStack() as stack:
         labels_tmp = stack.enter_context(atomic_output(slide_dir / "truth_labels.zarr"))
@@ -173,8 +185,8 @@ def simulate_slide(
             image_tmp.mkdir(parents=True)
         render = functools.partial(
             _render_frame, s=s, seed_key=(s.seed, 3, index), composition=composition, ctc_per_frame=ctc_per_frame,
-            optics=optics, cluster_rate=cluster_rate, emt_fraction=emt_fraction,
-            frame_dir=None if mosaic is not None else image_tmp, frame_pattern=frame_pattern,
+            optics=optics, cluster_rate=cluster_rate, emt_fraction=emt_fraction, small_fraction=small_fraction,
+            lookalikes_per_frame=events, frame_dir=None if mosaic is not None else image_tmp, frame_pattern=frame_pattern,
         )
         # frames are rendered on `threads` worker processes (the per-cell rendering holds the GIL) and
         # come back in frame order: ids, labels, truth rows and row groups are settled here, in order
@@ -192,6 +204,8 @@ def simulate_slide(
                 cell["frame"] = f
             for cell in frame.cells:
                 counts[cell["cell_type"]] += 1
+                if cell["lookalike"]:
+                    lookalike_counts[cell["lookalike"]] += 1
             if frame.cells:
                 truth_buffer.append(_truth_table(frame.cells, slide, patient, condition))
                 buffered += len(frame.cells)
@@ -218,6 +232,9 @@ def simulate_slide(
         "slide": slide,
         "n_cells": next_id - 1,
         "counts": counts,
+        "lookalikes": lookalike_counts,
+        "n_ctc_drawn": int(ctc_per_frame.sum()),
+        "ctc_per_million": ctc_rate,
         "n_clusters": int(next_cluster),
         "n_debris": int(n_debris),
         "seconds": round(time.perf_counter() - start, 3),
@@ -227,14 +244,14 @@ def simulate_slide(
 
 
 def _render_frame(f: int, s: Settings, seed_key: tuple, composition: np.ndarray, ctc_per_frame: np.ndarray,
-                  optics, cluster_rate: float, emt_fraction: float, frame_dir: Path | None,
-                  frame_pattern: str):
+                  optics, cluster_rate: float, emt_fraction: float, small_fraction: float,
+                  lookalikes_per_frame: dict, frame_dir: Path | None, frame_pattern: str):
     """Render frame ``f`` from its own generator with frame-local ids (cells from 1, clusters from 0),
     write its channel TIFFs into ``frame_dir`` (when given; the image is then dropped, so that a worker
     process sends back only labels and truth rows) and return the frame."""
     frame = simulate_frame(
         np.random.default_rng([*seed_key, f]), s, composition, int(ctc_per_frame[f]), optics, 1, 0,
-        cluster_rate, emt_fraction,
+        cluster_rate, emt_fraction, {k: int(v[f]) for k, v in lookalikes_per_frame.items()}, small_fraction,
     )
     if frame_dir is not None:
         for c, channel in enumerate(CHANNELS):

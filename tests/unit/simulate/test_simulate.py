@@ -46,8 +46,8 @@ def small_config(**overrides):
         "optics": {"blur_sigma": 1.0, "background": 300.0, "illumination": 0.25, "photons_per_unit": 1.0,
                    "read_noise": 12.0, "offset": 100.0},
         "conditions": {
-            "control": {"patients": 1, "ctc_per_1000": 0.0, "composition": dict(ALL_TYPES)},
-            "disease": {"patients": 1, "ctc_per_1000": 60.0, "composition": dict(ALL_TYPES)},
+            "control": {"patients": 1, "ctc_per_million": 0.0, "composition": dict(ALL_TYPES)},
+            "disease": {"patients": 1, "ctc_per_million": 60000.0, "composition": dict(ALL_TYPES)},
         },
         "patient_variation": 60.0,
     }
@@ -118,8 +118,8 @@ def main_slide(tmp_path_factory):
 
 def test_plan_matches_config(tmp_path):
     cfg = small_config(slides_per_patient=2, conditions={
-        "control": {"patients": 2, "ctc_per_1000": 0.0, "composition": {"CD4_T": 1.0}},
-        "disease_a": {"patients": 3, "ctc_per_1000": 5.0, "composition": {"granulocyte": 1.0}},
+        "control": {"patients": 2, "ctc_per_million": 0.0, "composition": {"CD4_T": 1.0}},
+        "disease_a": {"patients": 3, "ctc_per_million": 5000.0, "composition": {"granulocyte": 1.0}},
     })
     plan = plan_cohort(cfg, tmp_path)
     assert list(plan.columns) == ["slide", "patient", "condition", "path", "format", "channels",
@@ -142,7 +142,7 @@ def test_plan_matches_config(tmp_path):
 
 
 def test_config_errors_are_clear(tmp_path):
-    bad = small_config(conditions={"x": {"patients": 1, "ctc_per_1000": 0.0, "composition": {"T": 1.0}}})
+    bad = small_config(conditions={"x": {"patients": 1, "ctc_per_million": 0.0, "composition": {"T": 1.0}}})
     with pytest.raises(ValueError, match="unknown cell type"):
         plan_cohort(bad, tmp_path)
     cfg = small_config()
@@ -298,8 +298,8 @@ def test_condition_composition_shifts_cell_counts(tmp_path):
     cfg = small_config(
         grid={"rows": 1, "cols": 2}, cells_per_frame=20, debris_per_frame=0, patient_variation=40.0,
         conditions={
-            "myeloid_rich": {"patients": 2, "ctc_per_1000": 0.0, "composition": {"granulocyte": 0.8, "B": 0.2}},
-            "lymphoid_rich": {"patients": 2, "ctc_per_1000": 0.0, "composition": {"granulocyte": 0.2, "B": 0.8}},
+            "myeloid_rich": {"patients": 2, "ctc_per_million": 0.0, "composition": {"granulocyte": 0.8, "B": 0.2}},
+            "lymphoid_rich": {"patients": 2, "ctc_per_million": 0.0, "composition": {"granulocyte": 0.2, "B": 0.8}},
         },
     )
     plan = plan_cohort(cfg, tmp_path)
@@ -408,8 +408,8 @@ def test_render_frame_overlay_writes_a_png(main_slide, tmp_path):
 
 def test_blind_patients_enter_the_sheet_as_unknown_and_keep_their_truth(tmp_path):
     cfg = small_config(grid={"rows": 1, "cols": 1}, cells_per_frame=10, conditions={
-        "control": {"patients": 1, "blind_patients": 1, "ctc_per_1000": 0.0, "composition": {"B": 1.0}},
-        "disease": {"patients": 1, "blind_patients": 1, "ctc_per_1000": 0.0, "composition": {"granulocyte": 1.0}},
+        "control": {"patients": 1, "blind_patients": 1, "ctc_per_million": 0.0, "composition": {"B": 1.0}},
+        "disease": {"patients": 1, "blind_patients": 1, "ctc_per_million": 0.0, "composition": {"granulocyte": 1.0}},
     })
     plan = plan_cohort(cfg, tmp_path)
     assert plan["condition"].tolist() == ["control", UNKNOWN_CONDITION, "disease", UNKNOWN_CONDITION]
@@ -420,7 +420,7 @@ def test_blind_patients_enter_the_sheet_as_unknown_and_keep_their_truth(tmp_path
 
 
 def test_condition_sets_its_ctc_cluster_rate_and_emt_fraction(tmp_path):
-    base = {"patients": 1, "ctc_per_1000": 150.0, "composition": dict(ALL_TYPES)}
+    base = {"patients": 1, "ctc_per_million": 150000.0, "composition": dict(ALL_TYPES)}
     cfg = small_config(grid={"rows": 2, "cols": 2}, cells_per_frame=30, debris_per_frame=0, conditions={
         "loner": {**base, "cluster_rate": 0.0, "emt_fraction": 0.0},
         "social": {**base, "cluster_rate": 1.0, "emt_fraction": 1.0},

@@ -23,9 +23,9 @@ def synthetic_config(**keys):
     section = {
         "enabled": True, "seed": 5,
         "conditions": {
-            "control": {"patients": 1, "ctc_per_1000": 0.0,
+            "control": {"patients": 1, "ctc_per_million": 0.0,
                         "composition": {"CD4_T": 0.3, "B": 0.2, "granulocyte": 0.4, "monocyte": 0.1}},
-            "disease": {"patients": 1, "ctc_per_1000": 30.0,
+            "disease": {"patients": 1, "ctc_per_million": 30000.0,
                         "composition": {"CD8_T": 0.3, "NK": 0.2, "granulocyte": 0.5}},
         },
         **keys,
@@ -143,8 +143,8 @@ def test_threads_give_byte_identical_slides(tmp_path, output_format):
     slide (frame TIFFs or the OME-TIFF, truth_labels.zarr, truth_cells.parquet) equals the 1-thread run,
     with clusters and cell ids running across frames."""
     cfg = tiny(3, 3, output_format=output_format, conditions={
-        "control": {"patients": 1, "ctc_per_1000": 0.0, "composition": {"CD4_T": 0.5, "granulocyte": 0.5}},
-        "disease": {"patients": 1, "ctc_per_1000": 200.0, "cluster_rate": 0.9,
+        "control": {"patients": 1, "ctc_per_million": 0.0, "composition": {"CD4_T": 0.5, "granulocyte": 0.5}},
+        "disease": {"patients": 1, "ctc_per_million": 200000.0, "cluster_rate": 0.9,
                     "composition": {"CD8_T": 0.5, "granulocyte": 0.5}},
     })
     sample, one = simulate(cfg, tmp_path / "one", truth_row_group=16)
