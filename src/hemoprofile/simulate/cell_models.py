@@ -64,18 +64,19 @@ CELL_MODELS: dict[str, CellModel] = {
                            pattern="epithelial", radius_uniform=True),
     # A CTC-sized leukocyte (activated or large monocyte, macrophage-like): CD45+, CK-, VIM-high, kidney
     # nucleus; fools a size rule and, with dim CD45, a CD45 rule. Recorded as a monocyte.
-    "large_leukocyte": CellModel((13.5, 0.10), 0.18, 0.04, "kidney", (0.95, 1.1),
+    "large_leukocyte": CellModel((14.0, 0.10), 0.18, 0.04, "kidney", (0.95, 1.1),
                                  {"DAPI": 2300, "CK": 25, "VIM": 1800, "CD45": 2600}, granularity=0.2,
                                  chromatin=0.25),
-    # CK+ debris: a cell-sized CK-bright fragment (cytoskeleton remnant, skin or cell-line debris) with no
-    # nucleus or a tiny one (``tiny``: none in about half of them); blotchy CK, no CD45.
-    "CK_debris": CellModel((4.5, 0.30), 0.35, 0.10, "tiny", (0.15, 0.35),
+    # CK+ debris: a CK-bright fragment (cytoskeleton remnant, skin or cell-line debris) with no nucleus
+    # or a tiny one (``tiny``: none in about half of them); blotchy CK, no CD45. Radius ~6 px, CV 35%
+    # (area ~50-300 px), so the larger ones pass an area rule.
+    "CK_debris": CellModel((6.0, 0.35), 0.35, 0.10, "tiny", (0.15, 0.35),
                            {"DAPI": 2500, "CK": 3000, "VIM": 120, "CD45": 15}, level_sigma=0.4,
                            chromatin=0.3, pattern="fragment"),
     # An apoptotic / fragmented epithelial cell: shrunken, blebbed outline, condensed nuclear fragments
     # (karyorrhexis: bright, small DAPI blobs), CK in blebs, CD45 low. HDSCA counts apoptotic CTCs as a
     # category of their own; here they are negatives of the ctc task (an intact CTC is the target).
-    "apoptotic": CellModel((6.5, 0.15), 0.25, 0.08, "fragmented", (0.15, 0.3),
+    "apoptotic": CellModel((7.5, 0.15), 0.25, 0.08, "fragmented", (0.15, 0.3),
                            {"DAPI": 5500, "CK": 1800, "VIM": 250, "CD45": 60}, level_sigma=0.35,
                            chromatin=0.1, pattern="fragment"),
 }

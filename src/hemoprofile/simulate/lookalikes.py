@@ -18,7 +18,7 @@ kind (``lookalike``) ``cell_type``  what it is, and which rule it fools
 ``dim_CD45``         a leukocyte    a leukocyte whose CD45 is 5-25% of its type's: fails the CD45
                                     rule; a dim-CD45 granulocyte or monocyte (VIM-high) resembles an
                                     EMT-like CTC (CK-low, VIM-high)
-``large_leukocyte``  ``monocyte``   a CTC-sized (radius ~13.5 px) monocyte: fools a size rule
+``large_leukocyte``  ``monocyte``   a CTC-sized (radius ~14 px) monocyte: fools a size rule
 =================== ============== ===================================================================
 
 Design, and why it breaks little: the ``cell_type`` column keeps saying what a classifier should call
