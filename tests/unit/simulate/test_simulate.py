@@ -22,7 +22,7 @@ from hemoprofile.simulate import (
     simulate_slide,
     write_cohort_truth,
 )
-from hemoprofile.vocabulary import CELL_TYPES, LINEAGE
+from hemoprofile.vocabulary import LINEAGE, TRUTH_TYPES
 
 ALL_TYPES = {"CD4_T": 0.2, "CD8_T": 0.15, "B": 0.1, "NK": 0.1, "granulocyte": 0.3, "monocyte": 0.15}
 PATTERN = "Tile{index:06d}.tif"
@@ -123,7 +123,8 @@ def test_plan_matches_config(tmp_path):
     })
     plan = plan_cohort(cfg, tmp_path)
     assert list(plan.columns) == ["slide", "patient", "condition", "path", "format", "channels",
-                                  "pixel_size_um", "frame_rows", "frame_cols", "batch"]
+                                  "pixel_size_um", "frame_rows", "frame_cols", "batch", "ctc_arm", "ctc_enrichment"]
+    assert set(plan["ctc_arm"]) == {"real"} and (plan["ctc_enrichment"] == 1.0).all()
     assert len(plan) == 10 and plan["slide"].is_unique
     assert plan["patient"].unique().tolist() == ["P01", "P02", "P03", "P04", "P05"]
     assert plan.groupby("condition")["patient"].nunique().to_dict() == {"control": 2, "disease_a": 3}
@@ -185,11 +186,12 @@ def test_truth_table_matches_label_image(main_slide):
     np.testing.assert_array_equal(cells["area_px"].to_numpy(), area[cells["cell_id"].to_numpy()])
     centroids = np.array(ndimage.center_of_mass(labels > 0, labels, cells["cell_id"].to_numpy()))
     np.testing.assert_allclose(cells[["y", "x"]].to_numpy(), centroids, atol=1e-6)
-    assert (cells["nucleus_area_px"] > 0).all() and (cells["nucleus_area_px"] < cells["area_px"]).all()
+    nucleated = cells[cells["cell_type"] != "CK_debris"]  # debris may have no nucleus at all
+    assert (nucleated["nucleus_area_px"] > 0).all() and (cells["nucleus_area_px"] < cells["area_px"]).all()
     assert (cells["lineage"] == cells["cell_type"].map(LINEAGE)).all()
     assert set(cells["slide"]) == {"P02_S1"} and set(cells["condition"]) == {"disease"}
     assert main_slide["summary"]["n_cells"] == len(cells)
-    assert main_slide["summary"]["counts"] == {t: int((cells["cell_type"] == t).sum()) for t in CELL_TYPES}
+    assert main_slide["summary"]["counts"] == {t: int((cells["cell_type"] == t).sum()) for t in TRUTH_TYPES}
 
 
 def test_cells_stay_inside_their_frame(main_slide):
@@ -247,7 +249,8 @@ def test_cell_sizes_follow_the_cell_types(main_slide):
     lymphocytes = cells[cells["lineage"] == "lymphoid"]["area_px"].median()
     assert median_area["CTC"] > median_area["monocyte"] > median_area["granulocyte"] > lymphocytes
     ctc = cells[cells["cell_type"] == "CTC"]
-    assert ctc["radius_px"].between(12, 20).all()
+    small = ctc["ctc_subtype"] == "small"
+    assert ctc.loc[~small, "radius_px"].between(12, 20).all() and ctc.loc[small, "radius_px"].between(7, 10).all()
     assert (ctc["nucleus_area_px"].median() > cells[cells["lineage"] != "tumour"]["nucleus_area_px"].median())
 
 
@@ -423,7 +426,7 @@ def test_condition_sets_its_ctc_cluster_rate_and_emt_fraction(tmp_path):
     base = {"patients": 1, "ctc_per_million": 150000.0, "composition": dict(ALL_TYPES)}
     cfg = small_config(grid={"rows": 2, "cols": 2}, cells_per_frame=30, debris_per_frame=0, conditions={
         "loner": {**base, "cluster_rate": 0.0, "emt_fraction": 0.0},
-        "social": {**base, "cluster_rate": 1.0, "emt_fraction": 1.0},
+        "social": {**base, "cluster_rate": 1.0, "emt_fraction": 1.0, "small_fraction": 0.0},
     })
     plan = plan_cohort(cfg, tmp_path)
     ctcs = {}
@@ -433,8 +436,10 @@ def test_condition_sets_its_ctc_cluster_rate_and_emt_fraction(tmp_path):
         ctcs[sample["condition"]] = cells[cells["cell_type"] == "CTC"]
     assert len(ctcs["loner"]) > 5 and len(ctcs["social"]) > 5
     assert (ctcs["loner"]["cluster_id"] < 0).all() and (ctcs["social"]["cluster_id"] >= 0).mean() > 0.5
-    # EMT CTCs carry ~1600 VIM, the others ~150
+    # EMT CTCs carry ~1600 VIM and ~700 CK, the others ~150 VIM and ~4000 CK
     assert ctcs["loner"]["true_VIM"].median() < 400 < ctcs["social"]["true_VIM"].median()
+    assert ctcs["social"]["true_CK"].median() < 0.5 * ctcs["loner"]["true_CK"].median()
+    assert set(ctcs["social"]["ctc_subtype"]) == {"EMT"} and "EMT" not in set(ctcs["loner"]["ctc_subtype"])
 
 
 def test_simulate_cohort_writes_every_slide_then_the_sheet(tmp_path):

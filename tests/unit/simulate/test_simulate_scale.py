@@ -174,7 +174,12 @@ def _peak_bytes(cfg, out_dir):
 def test_peak_memory_does_not_grow_with_the_grid(tmp_path):
     """A 6 x 6 slide must peak like a 2 x 2 one: a whole-slide label image alone would add 36 frames of
     uint32 (1.8 MB here, over the 2 x 2 slide's whole peak), and the truth rows are held per row group."""
-    small, large = tiny(2, 2), tiny(6, 6)
+    # CTCs in both slides: a frame's peak is set by its largest cells (a CTC's filaments), so a small
+    # slide without one would peak lower for reasons that have nothing to do with the grid
+    conditions = {"control": {"patients": 1, "composition": {"CD4_T": 1.0}},
+                  "disease": {"patients": 1, "ctc_per_million": 150000.0,
+                              "composition": {"CD8_T": 0.3, "NK": 0.2, "granulocyte": 0.5}}}
+    small, large = tiny(2, 2, conditions=conditions), tiny(6, 6, conditions=conditions)
     tracemalloc.start()
     try:
         _peak_bytes(small, tmp_path / "warm")  # imports and caches are not the slide's
