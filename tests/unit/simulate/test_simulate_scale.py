@@ -12,6 +12,7 @@ import pytest
 from hemoprofile.config import ConfigError, validate_config
 from hemoprofile.io import frame_filename
 from hemoprofile.simulate import CHANNELS, plan_cohort, simulate_slide
+from hemoprofile.simulate.lookalikes import LOOKALIKE_KINDS
 from hemoprofile.simulate.settings import PRESETS, parse_scale, read_settings, scaled_grid
 
 PATTERN = "Tile{index:06d}.tif"
@@ -141,8 +142,9 @@ def _tree_bytes(root):
 def test_threads_give_byte_identical_slides(tmp_path, output_format):
     """Frames rendered on 2 worker processes, numbered and written in frame order: every file of the
     slide (frame TIFFs or the OME-TIFF, truth_labels.zarr, truth_cells.parquet) equals the 1-thread run,
-    with clusters and cell ids running across frames."""
-    cfg = tiny(3, 3, output_format=output_format, conditions={
+    with clusters and cell ids running across frames, and look-alikes and CTC subtypes in the truth."""
+    cfg = tiny(3, 3, output_format=output_format, ctc_enrichment=2, lookalikes=dict.fromkeys(LOOKALIKE_KINDS, 20000.0),
+               conditions={
         "control": {"patients": 1, "ctc_per_million": 0.0, "composition": {"CD4_T": 0.5, "granulocyte": 0.5}},
         "disease": {"patients": 1, "ctc_per_million": 200000.0, "cluster_rate": 0.9,
                     "composition": {"CD8_T": 0.5, "granulocyte": 0.5}},
@@ -158,6 +160,7 @@ def test_threads_give_byte_identical_slides(tmp_path, output_format):
     clustered = truth[truth["cluster_id"] >= 0]
     assert clustered["frame"].nunique() > 1  # cluster ids are numbered across frames too
     assert one["n_clusters"] == clustered["cluster_id"].nunique() == clustered["cluster_id"].max() + 1
+    assert set(truth["lookalike"]) > {""} and set(truth["ctc_subtype"]) > {""}
 
 
 # --- memory ------------------------------------------------------------------------------------------
