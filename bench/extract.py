@@ -45,6 +45,9 @@ def _synth_cfg(n_frames_rows: int, n_frames_cols: int) -> dict:
     s["frame"] = {"height": FRAME, "width": FRAME}
     s["grid"] = {"rows": n_frames_rows, "cols": n_frames_cols}
     s["cells_per_frame"] = CELLS_PER_FRAME
+    # the schema's conditions are real rates (5 CTCs per million): enriched to the 8 per 1000 this bench
+    # was built with, so that its small slides hold CTCs
+    s["ctc_enrichment"] = 1600
     s["conditions"] = {"disease_a": s["conditions"]["disease_a"]}
     s["conditions"]["disease_a"]["patients"] = 1
     return s, cfg
