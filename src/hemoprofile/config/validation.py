@@ -119,8 +119,9 @@ def renamed_key_problems(synth_cfg: Mapping) -> list[str]:
 
     Example
     -------
-    >>> renamed_key_problems({"conditions": {"d": {"ctc_per_1000": 4.0}}})[0].split(": write ")
-    ['synthetic.conditions.d.ctc_per_1000 was replaced by ctc_per_million (CTCs per million nucleated cells)', 'ctc_per_million: 4000']
+    >>> message, = renamed_key_problems({"conditions": {"d": {"ctc_per_1000": 4.0}}})
+    >>> message.split(" was ")[0], message.split(": write ")[1]
+    ('synthetic.conditions.d.ctc_per_1000', 'ctc_per_million: 4000')
     """
     problems = []
     conditions = synth_cfg.get("conditions") if isinstance(synth_cfg, Mapping) else None

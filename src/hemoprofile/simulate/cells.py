@@ -81,7 +81,8 @@ def draw_cell(rng: np.random.Generator, cell_type: str, emt_fraction: float = CT
     if subtype == "EMT":
         means.update(CK=CTC_EMT_CK, VIM=CTC_EMT_VIM)
     for channel in CHANNELS:
-        levels[channel] = means[channel] * math.exp(shared + rng.normal(0.0, model.level_sigma) - model.level_sigma**2 / 2)
+        factor = math.exp(shared + rng.normal(0.0, model.level_sigma) - model.level_sigma**2 / 2)
+        levels[channel] = means[channel] * factor
     return Cell(cell_type, radius, amps, phases, radius * (1.0 + amps.sum()), levels, model=model_name,
                 ctc_subtype=subtype)
 

@@ -186,7 +186,8 @@ def simulate_slide(
         render = functools.partial(
             _render_frame, s=s, seed_key=(s.seed, 3, index), composition=composition, ctc_per_frame=ctc_per_frame,
             optics=optics, cluster_rate=cluster_rate, emt_fraction=emt_fraction, small_fraction=small_fraction,
-            lookalikes_per_frame=events, frame_dir=None if mosaic is not None else image_tmp, frame_pattern=frame_pattern,
+            lookalikes_per_frame=events, frame_dir=None if mosaic is not None else image_tmp,
+            frame_pattern=frame_pattern,
         )
         # frames are rendered on `threads` worker processes (the per-cell rendering holds the GIL) and
         # come back in frame order: ids, labels, truth rows and row groups are settled here, in order
