@@ -13,7 +13,7 @@ What is modelled, and why it makes segmentation and classification non-trivial:
 
 - Cell types (radius in 0.65 um pixels): CD4_T (~6.3), CD8_T (~6.0), B (~5.8), NK (~7.0) lymphocytes,
   granulocytes (~8.5, 3-4 connected nuclear lobes), monocytes (~10.5, kidney-shaped nucleus) and CTCs
-  (12-20, large irregular CK+ CD45- cells, some VIM+). Every size, shape and marker level is drawn per
+  (12-20, large irregular CK+ CD45- cells; small ones 7-10; EMT-like ones CK-low, VIM+). Every size, shape and marker level is drawn per
   cell from overlapping distributions (``CELL_MODELS``); CD4/CD8 differ only subtly (size, CD45).
 - Shapes: radial harmonics and ellipticity at a random orientation; nuclei drawn in the cell's frame.
 - Placement: cells lie wholly inside their frame; a fraction touch or slightly overlap a neighbour
@@ -21,10 +21,16 @@ What is modelled, and why it makes segmentation and classification non-trivial:
   clusters share a ``cluster_id``; debris specks are bright in DAPI and/or CK but are not cells.
 - Optics per channel: per-cell defocus, Gaussian PSF, background, smooth uneven illumination (slide-wide
   vignetting times per-frame low-frequency variation), Poisson shot noise, read noise, camera offset.
-- Cohort: a patient's composition is Dirichlet around its condition's; CTCs are Poisson per slide, with
-  the condition's rate, share in CTC-leukocyte clusters (``cluster_rate``) and EMT fraction
-  (``emt_fraction``); each slide has its own per-channel gain and background (a batch effect for batch
-  correction to remove). A condition's ``blind_patients`` are simulated from it but enter the sample
+- Rare events (:mod:`~hemoprofile.simulate.lookalikes`): CTCs are Poisson per slide at the condition's
+  ``ctc_per_million`` (per million nucleated cells) times the cohort's ``ctc_enrichment`` (1: real
+  rates; the plan's ``ctc_arm`` says ``real`` or ``enriched``), with the condition's share in
+  CTC-leukocyte clusters (``cluster_rate``) and subtypes (``ctc_subtype``: CK_high, EMT = CK-low VIM-high
+  by ``emt_fraction``, small by ``small_fraction``); every slide also holds look-alikes at
+  ``lookalikes`` rates per million (CK+ debris and apoptotic cells as truth types of their own,
+  CK+ CD45+ overlaps, dim-CD45 and CTC-sized leukocytes as flagged leukocytes; truth column
+  ``lookalike``).
+- Cohort: a patient's composition is Dirichlet around its condition's; each slide has its own
+  per-channel gain and background (a batch effect for batch correction to remove). A condition's ``blind_patients`` are simulated from it but enter the sample
   sheet with condition ``unknown`` (:data:`UNKNOWN_CONDITION`): new patients for the patient model to
   score, whose truth stays in ``truth_cells.parquet``.
 
@@ -42,6 +48,8 @@ Modules, in the order a slide is made:
 - :mod:`~hemoprofile.simulate.cohort`: the cohort plan (:func:`plan_cohort`), patients' conditions and
   compositions.
 - :mod:`~hemoprofile.simulate.cell_models`: each cell type's size, shape and marker distributions.
+- :mod:`~hemoprofile.simulate.lookalikes`: a slide's CTC and look-alike counts and the frames they fall
+  on; a frame's look-alikes made into cells.
 - :mod:`~hemoprofile.simulate.cells`: drawing, placing and rasterising cells.
 - :mod:`~hemoprofile.simulate.render`: the noise-free stain signal of cells and debris.
 - :mod:`~hemoprofile.simulate.optics`: batch effect, illumination, blur, noise, camera.
