@@ -39,3 +39,23 @@ def test_full_demo_config_is_the_quick_one_with_cellpose_and_longer_training():
     assert changed == {"segment.backend", "classify.train.epochs", "embed.train.epochs"}
     assert full["classify"]["train"]["epochs"] > quick["classify"]["train"]["epochs"]
     assert full["embed"]["train"]["epochs"] > quick["embed"]["train"]["epochs"]
+
+
+def test_demo_is_ctc_enriched_and_the_scale_preset_runs_at_real_rates():
+    """The quick demo's slides are too small for real CTC rates, so it says it is enriched; the real-size
+    preset (config/scale.yaml layered over the demo, key by key) is back at real rates and the default
+    look-alike rates, which it must spell out since an empty mapping would keep the demo's."""
+    from hemoprofile.simulate import plan_cohort
+    from hemoprofile.simulate.lookalikes import LOOKALIKE_DEFAULTS
+
+    quick = validate_config(_load("config.yaml"))
+    scale = _load("config.yaml")
+    update_config(scale, _load("scale.yaml"))
+    scale = validate_config(scale)
+    assert quick["synthetic"]["ctc_enrichment"] > 1
+    assert set(plan_cohort(quick["synthetic"], "out")["ctc_arm"]) == {"enriched"}
+    assert scale["synthetic"]["ctc_enrichment"] == 1
+    assert set(plan_cohort(scale["synthetic"], "out")["ctc_arm"]) == {"real"}
+    assert {k: float(v) for k, v in scale["synthetic"]["lookalikes"].items()} == LOOKALIKE_DEFAULTS
+    rates = [c["ctc_per_million"] for c in scale["synthetic"]["conditions"].values()]
+    assert min(rates) == 0 and 0 < max(rates) <= 20  # per million nucleated cells, as in patients
