@@ -6,20 +6,15 @@ that hard is not the leukocytes but the rare events that resemble a CTC in one o
 slide (control slides too) gets five kinds, each at its own rate per million nucleated cells
 (``synthetic.lookalikes``; defaults :data:`LOOKALIKE_DEFAULTS`):
 
-=================== ============== ===================================================================
-kind (``lookalike``) ``cell_type``  what it is, and which rule it fools
-=================== ============== ===================================================================
-``CK_debris``        ``CK_debris``  a cell-sized CK-bright fragment with no nucleus or a tiny one:
-                                    passes a CK gate, fails (or barely passes) a DAPI rule
-``apoptotic``        ``apoptotic``  a fragmented, CK-positive dying cell, condensed nuclear fragments:
-                                    passes CK+ CD45- DAPI+ gates
-``CK_CD45_overlap``  a leukocyte    a leukocyte with a CK+ fragment lying over it (CK+ CD45+):
-                                    passes a CK rule, fails the CD45 rule
-``dim_CD45``         a leukocyte    a leukocyte whose CD45 is 5-25% of its type's: fails the CD45
-                                    rule; a dim-CD45 granulocyte or monocyte (VIM-high) resembles an
-                                    EMT-like CTC (CK-low, VIM-high)
-``large_leukocyte``  ``monocyte``   a CTC-sized (radius ~14 px) monocyte: fools a size rule
-=================== ============== ===================================================================
+- ``CK_debris`` (truth ``cell_type`` ``CK_debris``): a CK-bright fragment with no nucleus or a tiny
+  one; passes a CK gate, fails (or barely passes) a DAPI rule.
+- ``apoptotic`` (``cell_type`` ``apoptotic``): a fragmented, CK-positive dying cell with condensed
+  nuclear fragments; passes CK+ CD45- DAPI+ gates.
+- ``CK_CD45_overlap`` (a leukocyte type): a leukocyte with a CK+ fragment lying over it (CK+ CD45+);
+  passes a CK rule, fails the CD45 rule.
+- ``dim_CD45`` (a leukocyte type): CD45 at 5-25% of its type's; fails the CD45 rule, and a dim-CD45
+  granulocyte or monocyte (VIM-high) resembles an EMT-like CTC (CK-low, VIM-high).
+- ``large_leukocyte`` (``monocyte``): a CTC-sized monocyte (radius ~14 px); fools a size rule.
 
 Design, and why it breaks little: the ``cell_type`` column keeps saying what a classifier should call
 the event, and a separate ``lookalike`` column of truth_cells.parquet names the kind. Leukocyte
@@ -37,7 +32,12 @@ al. 2024, arXiv 2410.02988): the events a CK gate can pass (``CK_debris`` with a
 ``apoptotic``, ``CK_CD45_overlap``: about 160 per million by default) are set several times above it,
 so that a plain gate gives too many candidates and a classifier has to cut them, as the published
 pipeline does; ``dim_CD45`` (300) is the most frequent because staining variation makes CD45-dim
-leukocytes far commoner than CK+ objects; ``large_leukocyte`` (100) is about 1 in 10,000 monocytes.
+leukocytes far commoner than CK+ objects; ``large_leukocyte`` (100) is about 1 in 1,000 monocytes
+(monocytes are ~10% of the cells).
+
+Not modelled: megakaryocytes proper (huge, polylobed, CD45-dim; the ``large_leukocyte`` stands in for
+CTC-sized CD45+ cells), CTC-platelet aggregates, and a cohort mixing real-rate and enriched slides (an
+enriched training cohort and a real-rate evaluation cohort are two configs; ``ctc_enrichment``).
 
 CTC heterogeneity is drawn per CTC (:func:`hemoprofile.simulate.cells.draw_cell`) and recorded in
 ``ctc_subtype``: ``CK_high``, ``EMT`` (CK-low VIM-high, the condition's ``emt_fraction``), ``small``
