@@ -53,6 +53,9 @@ def model_input(value, what):
 
 
 RESULTS = config["results"]
+# preprocess.keep false: preprocessed.zarr is a temporary (see preprocessed_output); nothing but segment
+# and extract then asks for it, so Snakemake deletes it once they are done.
+KEEP_PREPROCESSED = config["preprocess"]["keep"]
 SYNTHETIC = config["synthetic"]["enabled"]
 SYNTHETIC_DIR = f"{RESULTS}/synthetic"
 
@@ -263,12 +266,14 @@ def report_inputs(wildcards):
         **{
             key: expand(f"{RESULTS}/{{slide}}/{name}", slide=SLIDES)
             for key, name in (
-                ("images", "image.zarr"), ("preprocessed", "preprocessed.zarr"), ("labels", "labels.zarr"),
+                ("images", "image.zarr"), ("labels", "labels.zarr"),
                 ("cells", "cells.parquet"), ("predictions", "predictions.parquet"),
                 ("clusters", "clusters.parquet"), ("patches", "patches.zarr"), ("embeddings", "embedding.parquet"),
             )
         },
     }
+    if KEEP_PREPROCESSED:  # else the report shows image.zarr (the temporary is gone by then)
+        inputs["preprocessed"] = expand(f"{RESULTS}/{{slide}}/preprocessed.zarr", slide=SLIDES)
     if not PATIENT_MODEL["model"]:
         inputs.update({
             "patient_metrics": f"{PATIENT_MODEL_DIR}/metrics.json",
@@ -287,8 +292,14 @@ def report_inputs(wildcards):
     return inputs
 
 
+def preprocessed_output():
+    """preprocess's output: preprocessed.zarr, a temporary when preprocess.keep is false."""
+    path = directory(f"{RESULTS}/{{slide}}/preprocessed.zarr")
+    return path if KEEP_PREPROCESSED else temp(path)
+
+
 def all_outputs():
-    outputs = expand(f"{RESULTS}/{{slide}}/preprocessed.zarr", slide=SLIDES)
+    outputs = expand(f"{RESULTS}/{{slide}}/preprocessed.zarr", slide=SLIDES) if KEEP_PREPROCESSED else []
     outputs += expand(f"{RESULTS}/{{slide}}/labels.zarr", slide=SLIDES)
     for name in ("cells.parquet", "patches.zarr", "clusters.parquet"):
         outputs += expand(f"{RESULTS}/{{slide}}/{name}", slide=SLIDES)

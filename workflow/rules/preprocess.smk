@@ -5,7 +5,7 @@ rule preprocess:
     input:
         image=f"{RESULTS}/{{slide}}/image.zarr",
     output:
-        image=directory(f"{RESULTS}/{{slide}}/preprocessed.zarr"),
+        image=preprocessed_output(),
     params:
         preprocess=config["preprocess"],
         seed=config["seed"],

@@ -9,7 +9,9 @@ inputs = snakemake.input
 slides = list(snakemake.params.slides)
 keys = {"image": "images", "preprocessed": "preprocessed", "labels": "labels", "cells": "cells",
         "predictions": "predictions", "clusters": "clusters", "patches": "patches", "embedding": "embeddings"}
-slide_paths = {slide: {key: inputs[name][i] for key, name in keys.items()} for i, slide in enumerate(slides)}
+# preprocessed is absent with preprocess.keep false (the report then shows image.zarr)
+slide_paths = {slide: {key: inputs[name][i] for key, name in keys.items() if name in inputs.keys()}
+               for i, slide in enumerate(slides)}
 # single-cell collections: cells and predictions only (no image, segmentation or embedding)
 for i, row in enumerate(snakemake.params.get("collections", [])):
     slide_paths[row] = {"cells": inputs.collection_cells[i], "predictions": inputs.collection_predictions[i],

@@ -1,0 +1,56 @@
+"""preprocess.keep false: preprocessed.zarr is a Snakemake temporary, deleted once the slide's segment and
+extract jobs are done; it is not rebuilt for later stages (the report reads image.zarr instead), and a
+finished slide does not rerun because it is gone."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+SLIDE = "P01_S1"
+CONFIG = {
+    "results": "results",
+    "synthetic": {
+        "enabled": True,
+        "seed": 3,
+        "frame": {"height": 128, "width": 128},
+        "grid": {"rows": 2, "cols": 2},
+        "cells_per_frame": 15,
+        "conditions": {"control": {"patients": 2, "composition": {"CD4_T": 0.3, "granulocyte": 0.7}}},
+    },
+    "tile": {"size": 128},
+    "preprocess": {"sample_tiles": 4, "keep": False},
+}
+
+
+def run(workdir: Path, *args: str) -> str:
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=900)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.mark.slow  # one 256 px slide through extract (~30 s)
+def test_preprocessed_is_deleted_after_extract_and_not_rebuilt(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    slide = tmp_path / "results" / SLIDE
+    run(tmp_path, f"results/{SLIDE}/cells.parquet")
+
+    assert (slide / "cells.parquet").is_file() and (slide / "labels.zarr").is_dir()
+    assert (slide / "image.zarr").is_dir()
+    assert not (slide / "preprocessed.zarr").exists(), "the temporary outlived its last consumer"
+
+    # the finished slide is up to date without it, and the rest of the workflow does not ask for it back
+    assert "Nothing to be done" in run(tmp_path, "--dry-run", f"results/{SLIDE}/cells.parquet")
+    plan = run(tmp_path, "--dry-run")
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", plan.split("Job stats:", 1)[1], re.M))
+    assert planned.get("preprocess") == "1", planned  # the other slide only
+    assert "report" in planned and "segment" in planned
