@@ -115,6 +115,13 @@ def test_profile_gives_every_rule_resources_that_grow_with_attempt(tmp_path):
         assert mem[0] > 0 and mem[0] < mem[1] < mem[2], (rule, mem)
 
 
+def test_profile_gives_every_rule_as_many_threads_as_cpus():
+    # a job with more threads than CPUs shares its cores; one with fewer leaves booked CPUs idle
+    profile = load_profile()
+    cpus = {rule: resources["cpus_per_task"] for rule, resources in profile["set-resources"].items()}
+    assert profile["set-threads"] == cpus
+
+
 def test_profile_puts_gpu_rules_on_the_gpu_partition_with_one_gpu():
     per_rule = load_profile()["set-resources"]
     for rule in sorted(GPU_RULES):
