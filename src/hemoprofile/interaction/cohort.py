@@ -1,8 +1,18 @@
-"""The ``interaction`` stage over the cohort (:func:`interaction_cohort`): every slide's windows
-(:func:`hemoprofile.interaction.slide.slide_windows`, one slide in memory at a time), then both
-regressors in patient-grouped folds (:mod:`hemoprofile.interaction.regression`).
+"""The ``interaction`` stage over the cohort (:func:`run_interaction`): every slide's windows
+(:func:`hemoprofile.interaction.slide.slide_windows`, one slide in memory at a time, into
+``windows/<slide>/``), then both regressors in patient-grouped folds (:func:`interaction_cohort`).
+
+Why one cohort job and not a job per slide: the windows of a slide cost about 0.3 s, loading torch and
+the embedder in a job of its own several seconds; the regressors need every slide anyway. A cohort of
+hundreds of slides still holds only one slide's labels and image window at a time plus the windows
+(``interaction.cluster_windows + random_windows`` per slide, 4 KB each at 32 px).
 
 Outputs in ``<results>/cohort/interaction/``:
+
+``slides.parquet``, one row per slide: ``slide``, ``patient``, ``n_cells``, ``n_ctc``, ``contacts``,
+``ctc_leukocyte_contacts`` over the whole slide from the segmentation (labels.zarr, the ctc
+classifier's ``pred_ctc``; what the patient table uses), and ``truth_*`` the same from the ground truth
+(synthetic slides; NaN otherwise).
 
 ``predictions.parquet``, one row per window: ``slide``, ``patient``, ``window``, ``kind``, ``target``
 (the window's ``contacts``), ``target_source``, ``n_cells``, ``seg_contacts``, ``ctc_leukocyte_contacts``,
@@ -26,10 +36,14 @@ import pandas as pd
 
 from hemoprofile.interaction.regression import (cnn_regressor_oof, latent_regressor_oof, mean_baseline_oof,
                                                 patient_folds, rmse_summary)
-from hemoprofile.interaction.slide import read_windows
+from hemoprofile.interaction.slide import read_windows, slide_windows
 from hemoprofile.io import atomic_output
 
 log = logging.getLogger(__name__)
+
+#: Per-slide totals of slides.parquet (segmentation, then ground truth).
+SLIDE_TOTALS = ("n_cells", "n_ctc", "contacts", "ctc_leukocyte_contacts", "truth_n_cells", "truth_n_ctc",
+                "truth_contacts", "truth_ctc_leukocyte_contacts")
 
 #: Predictions compared in metrics.json (column of predictions.parquet -> name in the metrics).
 PREDICTORS = {"pred_mean": "mean", "pred_latent": "latent_ridge", "pred_cnn": "cnn"}
@@ -43,8 +57,8 @@ def latent_features(table: pd.DataFrame) -> np.ndarray:
     return table[cols].to_numpy(np.float64)
 
 
-def fit_and_evaluate(table: pd.DataFrame, pixels: np.ndarray, patients, *, folds: int = 3, epochs: int = 30,
-                     cnn_width: int = 16, bootstrap: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+def fit_and_evaluate(table: pd.DataFrame, pixels: np.ndarray, patients, *, folds: int = 3, epochs: int = 25,
+                     cnn_width: int = 8, bootstrap: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Out-of-fold predictions of the mean, ridge-on-latent and CNN regressors, and their RMSE summary.
 
     Parameters
@@ -83,7 +97,7 @@ def fit_and_evaluate(table: pd.DataFrame, pixels: np.ndarray, patients, *, folds
 
 
 def interaction_cohort(window_dirs: Mapping[str, str], patients: Mapping[str, str], out_predictions: str,
-                       out_metrics: str, *, folds: int = 3, epochs: int = 30, cnn_width: int = 16,
+                       out_metrics: str, *, folds: int = 3, epochs: int = 25, cnn_width: int = 8,
                        bootstrap: int = 1000, seed: int = 0, progress: Callable[[str], object] | None = None) -> dict:
     """Fit and evaluate the regressors on every slide's windows; write predictions.parquet and metrics.json.
 
@@ -113,3 +127,50 @@ def interaction_cohort(window_dirs: Mapping[str, str], patients: Mapping[str, st
     say(f"RMSE (target SD {a['target_sd']:.2f}): " + ", ".join(
         f"{name} {a[name]['rmse']:.2f}" for name in a if isinstance(a[name], dict)))
     return metrics
+
+
+def run_interaction(slides: Mapping[str, Mapping[str, str]], patients: Mapping[str, str], out_dir: str, *,
+                    embedder: str, truth_cells: str | None = None, categories: Mapping[str, str] | None = None,
+                    settings: Mapping | None = None, halo_px: int = 64, seed: int = 0,
+                    progress: Callable[[str], object] | None = None) -> dict:
+    """The whole stage: windows of every slide, per-slide totals, regressors, metrics.
+
+    Parameters
+    ----------
+    slides : slide -> {"preprocessed", "labels", "cells", "clusters", "embedding", "predictions" and, for
+        synthetic slides, "truth_labels"} paths.
+    patients : slide -> patient.
+    out_dir : ``<results>/cohort/interaction`` (windows/, slides.parquet, predictions.parquet, metrics.json).
+    embedder : the embedder model file; ``categories``: slide -> its cVAE condition value.
+    truth_cells : truth_cells.parquet of a synthetic cohort (targets from the truth), else None.
+    settings : the config's ``interaction`` section (window_size, input_size, cluster_windows,
+        random_windows, folds, epochs, cnn_width, bootstrap).
+    """
+    cfg = {"window_size": 128, "input_size": 32, "cluster_windows": 16, "random_windows": 16, "folds": 3,
+           "epochs": 25, "cnn_width": 8, "bootstrap": 1000, **dict(settings or {})}
+    say = progress or log.info
+    truth = None
+    if truth_cells:
+        truth = pd.read_parquet(truth_cells, columns=["slide", "cell_id", "cell_type", "y", "x"])
+    dirs, totals = {}, []
+    for slide, paths in slides.items():
+        dirs[slide] = os.path.join(out_dir, "windows", slide)
+        use_truth = truth is not None and paths.get("truth_labels")
+        result = slide_windows(
+            slide, preprocessed=paths["preprocessed"], labels=paths["labels"], cells=paths["cells"],
+            clusters=paths["clusters"], embedding=paths["embedding"], embedder=embedder, out_dir=dirs[slide],
+            predictions=paths.get("predictions"), truth_labels=paths.get("truth_labels") if use_truth else None,
+            truth_cells=truth[truth["slide"] == slide] if use_truth else None, window_size=cfg["window_size"],
+            input_size=cfg["input_size"], cluster_windows=cfg["cluster_windows"],
+            random_windows=cfg["random_windows"], halo_px=halo_px, seed=seed,
+            category=(categories or {}).get(slide), progress=say)
+        totals.append({"slide": slide, "patient": str(patients[slide]),
+                       **{k: result.get(k) for k in SLIDE_TOTALS}})
+    table = pd.DataFrame(totals, columns=["slide", "patient", *SLIDE_TOTALS])
+    for k in SLIDE_TOTALS:
+        table[k] = pd.to_numeric(table[k], errors="coerce").astype(np.float64)
+    with atomic_output(os.path.join(out_dir, "slides.parquet")) as tmp:
+        table.to_parquet(tmp, index=False)
+    return interaction_cohort(dirs, patients, os.path.join(out_dir, "predictions.parquet"),
+                              os.path.join(out_dir, "metrics.json"), folds=cfg["folds"], epochs=cfg["epochs"],
+                              cnn_width=cfg["cnn_width"], bootstrap=cfg["bootstrap"], seed=seed, progress=say)

@@ -84,7 +84,7 @@ class WindowCNN(nn.Module):
     channels, a global *sum* pool (a count grows with the area that holds cells, so the head sees a sum,
     not a mean) and a linear output."""
 
-    def __init__(self, in_channels: int, width: int = 16) -> None:
+    def __init__(self, in_channels: int, width: int = 8) -> None:
         super().__init__()
         layers, ch = [], in_channels
         for out in (width, 2 * width, 4 * width):
@@ -105,7 +105,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.flip(x, dims=(3,)) if bool(torch.randint(0, 2, (1,), generator=gen)) else x
 
 
-def fit_window_cnn(pixels, y, *, epochs: int = 30, batch_size: int = 32, lr: float = 3e-3, width: int = 16,
+def fit_window_cnn(pixels, y, *, epochs: int = 25, batch_size: int = 64, lr: float = 3e-3, width: int = 8,
                    seed: int = 0) -> tuple[WindowCNN, float, float]:
     """Train a :class:`WindowCNN` on stored windows (n, C, S, S; integers = [0, 1] scaled) and counts.
 
@@ -150,7 +150,7 @@ def predict_window_cnn(model: WindowCNN, mean: float, sd: float, pixels, batch_s
     return out * sd + mean
 
 
-def cnn_regressor_oof(pixels, y, folds, *, epochs: int = 30, width: int = 16, seed: int = 0) -> np.ndarray:
+def cnn_regressor_oof(pixels, y, folds, *, epochs: int = 25, width: int = 8, seed: int = 0) -> np.ndarray:
     """Out-of-fold predictions of :class:`WindowCNN` models, one per fold (seeded per fold)."""
     y, folds = np.asarray(y, np.float64), np.asarray(folds)
     out = np.empty_like(y)

@@ -77,7 +77,7 @@ def slide_windows(slide: str, *, preprocessed: str, labels: str, cells: str, clu
                   embedder: str, out_dir: str, predictions: str | None = None, truth_labels: str | None = None,
                   truth_cells: pd.DataFrame | None = None, window_size: int = 128, input_size: int = 32,
                   cluster_windows: int = 16, random_windows: int = 16, halo_px: int = 64, seed: int = 0,
-                  progress: Callable[[str], object] | None = None) -> dict:
+                  category: str | None = None, progress: Callable[[str], object] | None = None) -> dict:
     """Cut a slide's windows, count their contacts and encode them (see the module docstring).
 
     Parameters
@@ -95,6 +95,8 @@ def slide_windows(slide: str, *, preprocessed: str, labels: str, cells: str, clu
     halo_px : labels are read this far around a window, so its cells are whole (extract's
         ``max_cell_diameter_px``).
     seed : the run's seed (random windows and the choice of cluster windows depend on it and the slide).
+    category : the slide's condition value for a conditional VAE (its slide, batch or condition, as the
+        embedder's ``condition_on``; unused for a plain VAE).
 
     Returns
     -------
@@ -156,7 +158,7 @@ def slide_windows(slide: str, *, preprocessed: str, labels: str, cells: str, clu
     pixel_array = np.stack(pixels) if pixels else np.zeros((0, c, int(input_size), int(input_size)), np.uint8)
     table = pd.DataFrame(rows, columns=[col for col in window_table_columns(d) if not col.startswith("zwin_")])
     if len(vae_input):
-        zwin = encode(emb.model, np.stack(vae_input))
+        zwin = encode(emb.model, np.stack(vae_input), emb.conditions_for([category] * len(vae_input)))
         for k in range(d):
             table[f"zwin_{k}"] = zwin[:, k]
     else:
