@@ -106,8 +106,11 @@ def slide_windows(slide: str, *, preprocessed: str, labels: str, cells: str, clu
     image = open_ome_zarr(preprocessed).array
     seg = open_ome_zarr(labels).array
     c, h, w = (int(v) for v in image.shape)
+    if int(window_size) % int(input_size):
+        raise ValueError(f"interaction.window_size {window_size} px cannot be block-averaged to "
+                         f"interaction.input_size {input_size} px (needs a multiple)")
     size = int(min(window_size, h, w))
-    size -= size % int(input_size)
+    size -= size % int(input_size)  # an image smaller than the window: the largest multiple that fits
     if size < int(input_size):
         raise ValueError(f"{preprocessed}: image of {h} x {w} px is smaller than interaction.input_size {input_size}")
     cell_table = read_cells(cells, ["cell_id", "y", "x"])
