@@ -1,22 +1,26 @@
-"""Cell–cell interaction regression on a finished demo run (read-only): cut every slide's windows with
-their ground-truth contact counts, fit the regressors in patient-grouped folds, print RMSE side by side.
+"""Cell–cell interaction regression on a finished demo run (read-only): the interaction stage's own code
+(hemoprofile.interaction.cohort.run_interaction) on every slide, then the RMSE side by side.
 
-    python bench/interaction.py --results /work/democlone/results [--work /tmp/x] [--epochs 30]
+    python bench/interaction.py --results /work/democlone/results [--work DIR] [--epochs 25]
 
 Prints the window count, the target's mean and SD, and the out-of-fold RMSE (patient-bootstrap 95% CI)
-of: predicting the training folds' mean (baseline), ridge on the VAE latents, the window CNN, and the
-segmentation's own contact count (how far counting on the pipeline's labels is from the truth).
-Nothing is written under --results; windows go to --work (a temporary folder by default).
+of: predicting the training folds' mean (the baseline), ridge on the VAE latents, the window CNN, and
+the segmentation's own contact count (no model: how far counting on the pipeline's labels is from the
+truth); then an ablation of the latent regressor's inputs (ridge, same folds). Nothing is written under
+--results; the stage's outputs go to --work (a temporary folder by default).
 """
 import argparse
 import os
 import tempfile
 import time
 
+import numpy as np
 import pandas as pd
+import torch
 
-from hemoprofile.interaction.cohort import interaction_cohort
-from hemoprofile.interaction.slide import slide_windows
+from hemoprofile.interaction.cohort import run_interaction
+from hemoprofile.interaction.regression import latent_regressor_oof, rmse
+from hemoprofile.interaction.slide import read_windows
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--results", required=True)
@@ -24,32 +28,31 @@ ap.add_argument("--work", default=None)
 ap.add_argument("--window-size", type=int, default=128)
 ap.add_argument("--input-size", type=int, default=32)
 ap.add_argument("--windows", type=int, default=16, help="cluster windows and random windows per slide (each)")
-ap.add_argument("--epochs", type=int, default=30)
+ap.add_argument("--epochs", type=int, default=25)
+ap.add_argument("--cnn-width", type=int, default=8)
 ap.add_argument("--folds", type=int, default=3)
 ap.add_argument("--seed", type=int, default=0)
 args = ap.parse_args()
+torch.set_num_threads(1)
 R = args.results
 work = args.work or tempfile.mkdtemp(prefix="interaction_bench_")
-truth = pd.read_parquet(f"{R}/synthetic/truth_cells.parquet", columns=["slide", "patient", "cell_id", "cell_type", "y", "x"])
+truth = pd.read_parquet(f"{R}/synthetic/truth_cells.parquet", columns=["slide", "patient"])
 patients = truth.groupby("slide")["patient"].first().astype(str).to_dict()
-slides = sorted(patients)
-t0 = time.perf_counter()
-dirs = {}
-for s in slides:
-    dirs[s] = f"{work}/{s}"
-    slide_windows(s, preprocessed=f"{R}/{s}/preprocessed.zarr", labels=f"{R}/{s}/labels.zarr",
-                  cells=f"{R}/{s}/cells.parquet", clusters=f"{R}/{s}/clusters.parquet",
-                  embedding=f"{R}/{s}/embedding.parquet", embedder=f"{R}/models/embedder.pt", out_dir=dirs[s],
-                  predictions=f"{R}/{s}/predictions.parquet", truth_labels=f"{R}/synthetic/{s}/truth_labels.zarr",
-                  truth_cells=truth[truth["slide"] == s], window_size=args.window_size, input_size=args.input_size,
-                  cluster_windows=args.windows, random_windows=args.windows, seed=args.seed, progress=lambda m: None)
-t1 = time.perf_counter()
-m = interaction_cohort(dirs, patients, f"{work}/predictions.parquet", f"{work}/metrics.json", folds=args.folds,
-                       epochs=args.epochs, seed=args.seed, progress=lambda m: None)
-t2 = time.perf_counter()
-print(f"results {os.path.abspath(R)}: {len(slides)} slides, {m['all']['n_patients']} patients, "
-      f"windows {args.window_size} px -> CNN input {args.input_size} px, {m['folds']} patient-grouped folds, "
-      f"CNN {args.epochs} epochs, target: contacts from {', '.join(m['target_source'])}")
+slides = {s: {"preprocessed": f"{R}/{s}/preprocessed.zarr", "labels": f"{R}/{s}/labels.zarr",
+              "cells": f"{R}/{s}/cells.parquet", "clusters": f"{R}/{s}/clusters.parquet",
+              "embedding": f"{R}/{s}/embedding.parquet", "predictions": f"{R}/{s}/predictions.parquet",
+              "truth_labels": f"{R}/synthetic/{s}/truth_labels.zarr"} for s in sorted(patients)}
+settings = {"window_size": args.window_size, "input_size": args.input_size, "cluster_windows": args.windows,
+            "random_windows": args.windows, "folds": args.folds, "epochs": args.epochs, "cnn_width": args.cnn_width}
+t0, c0 = time.perf_counter(), time.process_time()
+m = run_interaction(slides, patients, work, embedder=f"{R}/models/embedder.pt",
+                    truth_cells=f"{R}/synthetic/truth_cells.parquet", settings=settings, seed=args.seed,
+                    progress=lambda _m: None)
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(f"results {os.path.abspath(R)}: {len(slides)} slides, {m['all']['n_patients']} patients; windows "
+      f"{args.window_size} px ({args.windows} on clusters + {args.windows} random per slide) -> CNN input "
+      f"{args.input_size} px; {m['folds']} patient-grouped folds; CNN width {args.cnn_width}, {args.epochs} epochs; "
+      f"target: contacts from {', '.join(m['target_source'])}")
 for part in ("all", "cluster", "random"):
     s = m[part]
     print(f"\n[{part} windows] n = {s['n_windows']}, target mean {s['target_mean']:.3f}, target SD {s['target_sd']:.3f}")
@@ -58,4 +61,14 @@ for part in ("all", "cluster", "random"):
         if name in s:
             lo, hi = s[name]["ci95"]
             print(f"  {name:<20} {s[name]['rmse']:7.3f}  [{lo:.3f}, {hi:.3f}]")
-print(f"\nseconds: windows {t1 - t0:.1f}, fit + evaluate {t2 - t1:.1f}")
+
+table, _ = read_windows([os.path.join(work, "windows", s) for s in slides])
+pred = pd.read_parquet(os.path.join(work, "predictions.parquet"))
+y, folds = table["contacts"].to_numpy(np.float64), pred["fold"].to_numpy()
+zw, zc = table.filter(like="zwin_").to_numpy(), table.filter(like="zcell_").to_numpy()
+n = table[["seg_n_cells"]].to_numpy(np.float64)
+print("\nlatent ablation (ridge, same folds, all windows):")
+for name, X in (("window latent (zwin)", zw), ("mean cell latent (zcell)", zc), ("both (the stage's)", np.hstack([zw, zc])),
+                ("segmented cell count only", n), ("both + count x zcell", np.hstack([zw, zc, zc * n]))):
+    print(f"  {name:<28} RMSE {rmse(y, latent_regressor_oof(X, y, folds)):.3f}")
+print(f"\nstage seconds: wall {wall:.1f}, CPU {cpu:.1f} (windows + both regressors, one process)")
