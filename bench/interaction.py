@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hemoprofile.embed.slide import patch_encoder
 from hemoprofile.interaction.cohort import run_interaction
 from hemoprofile.interaction.regression import latent_regressor_oof, rmse
 from hemoprofile.interaction.slide import read_windows
@@ -45,7 +46,7 @@ slides = {s: {"preprocessed": f"{R}/{s}/preprocessed.zarr", "labels": f"{R}/{s}/
 settings = {"window_size": args.window_size, "input_size": args.input_size, "cluster_windows": args.windows,
             "random_windows": args.windows, "folds": args.folds, "epochs": args.epochs, "cnn_width": args.cnn_width}
 t0, c0 = time.perf_counter(), time.process_time()
-m = run_interaction(slides, patients, work, embedder=f"{R}/models/embedder.pt",
+m = run_interaction(slides, patients, work, encoder=patch_encoder(f"{R}/models/embedder.pt"),
                     truth_cells=f"{R}/synthetic/truth_cells.parquet", settings=settings, seed=args.seed,
                     progress=lambda _m: None)
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0

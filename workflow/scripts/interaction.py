@@ -4,6 +4,7 @@ import os
 
 import torch
 
+from hemoprofile.embed.slide import patch_encoder
 from hemoprofile.interaction.cohort import run_interaction
 from hemoprofile.runlog import job_progress
 
@@ -19,7 +20,7 @@ run_interaction(
     slides,
     snakemake.params.patients,
     os.path.dirname(snakemake.output.metrics),
-    embedder=inputs.embedder,
+    encoder=patch_encoder(inputs.embedder),  # the VAE, handed over: stages do not import each other
     truth_cells=inputs.get("truth_cells"),
     categories=snakemake.params.categories,
     settings=snakemake.params.settings,

@@ -36,7 +36,7 @@ import pandas as pd
 
 from hemoprofile.interaction.regression import (cnn_regressor_oof, latent_regressor_oof, mean_baseline_oof,
                                                 patient_folds, rmse_summary)
-from hemoprofile.interaction.slide import read_windows, slide_windows
+from hemoprofile.interaction.slide import Encoder, read_windows, slide_windows
 from hemoprofile.io import atomic_output
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def interaction_cohort(window_dirs: Mapping[str, str], patients: Mapping[str, st
 
 
 def run_interaction(slides: Mapping[str, Mapping[str, str]], patients: Mapping[str, str], out_dir: str, *,
-                    embedder: str, truth_cells: str | None = None, categories: Mapping[str, str] | None = None,
+                    encoder: Encoder, truth_cells: str | None = None, categories: Mapping[str, str] | None = None,
                     settings: Mapping | None = None, halo_px: int = 64, seed: int = 0,
                     progress: Callable[[str], object] | None = None) -> dict:
     """The whole stage: windows of every slide, per-slide totals, regressors, metrics.
@@ -141,7 +141,8 @@ def run_interaction(slides: Mapping[str, Mapping[str, str]], patients: Mapping[s
         synthetic slides, "truth_labels"} paths.
     patients : slide -> patient.
     out_dir : ``<results>/cohort/interaction`` (windows/, slides.parquet, predictions.parquet, metrics.json).
-    embedder : the embedder model file; ``categories``: slide -> its cVAE condition value.
+    encoder : the project's VAE as a function (``hemoprofile.embed.slide.patch_encoder`` of the embedder
+        model file); ``categories``: slide -> its cVAE condition value.
     truth_cells : truth_cells.parquet of a synthetic cohort (targets from the truth), else None.
     settings : the config's ``interaction`` section (window_size, input_size, cluster_windows,
         random_windows, folds, epochs, cnn_width, bootstrap).
@@ -158,7 +159,7 @@ def run_interaction(slides: Mapping[str, Mapping[str, str]], patients: Mapping[s
         use_truth = truth is not None and paths.get("truth_labels")
         result = slide_windows(
             slide, preprocessed=paths["preprocessed"], labels=paths["labels"], cells=paths["cells"],
-            clusters=paths["clusters"], embedding=paths["embedding"], embedder=embedder, out_dir=dirs[slide],
+            clusters=paths["clusters"], embedding=paths["embedding"], encoder=encoder, out_dir=dirs[slide],
             predictions=paths.get("predictions"), truth_labels=paths.get("truth_labels") if use_truth else None,
             truth_cells=truth[truth["slide"] == slide] if use_truth else None, window_size=cfg["window_size"],
             input_size=cfg["input_size"], cluster_windows=cfg["cluster_windows"],

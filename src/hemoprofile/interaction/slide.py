@@ -29,13 +29,12 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import zarr
 
-from hemoprofile.embed.model_files import load_embedder
-from hemoprofile.embed.training import encode
 from hemoprofile.interaction.windows import (cells_in_window, centroid_lookup, count_contacts, downsample_window,
                                              slide_contacts, slide_rng, window_contacts, window_origins,
                                              window_table_columns)
@@ -46,6 +45,17 @@ from hemoprofile.io.tables import read_cells
 from hemoprofile.vocabulary import CTC, to_unit
 
 log = logging.getLogger(__name__)
+
+
+class Encoder(Protocol):
+    """What the stage needs of the project's VAE (``hemoprofile.embed.slide.PatchEncoder`` is one; the
+    workflow script hands it over, as stages do not import each other)."""
+
+    patch_size: int
+    latent_dim: int
+    model_id: str
+
+    def __call__(self, patches: np.ndarray, category: str | None = None) -> np.ndarray: ...
 
 
 def _ctc_ids(ids: np.ndarray, is_ctc: np.ndarray | None) -> np.ndarray | None:
@@ -74,7 +84,7 @@ def _totals(labels, ids: np.ndarray, ctc: np.ndarray | None) -> dict:
 
 
 def slide_windows(slide: str, *, preprocessed: str, labels: str, cells: str, clusters: str, embedding: str,
-                  embedder: str, out_dir: str, predictions: str | None = None, truth_labels: str | None = None,
+                  encoder: Encoder, out_dir: str, predictions: str | None = None, truth_labels: str | None = None,
                   truth_cells: pd.DataFrame | None = None, window_size: int = 128, input_size: int = 32,
                   cluster_windows: int = 16, random_windows: int = 16, halo_px: int = 64, seed: int = 0,
                   category: str | None = None, progress: Callable[[str], object] | None = None) -> dict:
@@ -83,9 +93,9 @@ def slide_windows(slide: str, *, preprocessed: str, labels: str, cells: str, clu
     Parameters
     ----------
     slide : the slide's name.
-    preprocessed, labels, cells, clusters, embedding, embedder, predictions : the slide's
-        preprocessed.zarr, labels.zarr, cells.parquet, clusters.parquet, embedding.parquet, the
-        embedder model file and (optional) predictions.parquet.
+    preprocessed, labels, cells, clusters, embedding, predictions : the slide's preprocessed.zarr,
+        labels.zarr, cells.parquet, clusters.parquet, embedding.parquet and (optional) predictions.parquet.
+    encoder : the project's VAE as a function (:class:`Encoder`; ``hemoprofile.embed.slide.patch_encoder``).
     out_dir : ``<results>/<slide>/interaction`` (its three files are written atomically).
     truth_labels, truth_cells : the synthetic slide's truth_labels.zarr and truth_cells.parquet (its rows
         or the cohort's); when given the targets come from them, else from the segmentation.
@@ -117,12 +127,12 @@ def slide_windows(slide: str, *, preprocessed: str, labels: str, cells: str, clu
     seg_ids, seg_y, seg_x = centroid_lookup(cell_table)
     seg_ctc = _ctc_ids(seg_ids, _predicted_ctc(predictions, cell_table))
     clusters_table = pd.read_parquet(clusters, columns=["y", "x"])
-    emb = load_embedder(embedder)
-    z_cells = pd.read_parquet(embedding, columns=[f"z_{i}" for i in range(emb.model.spec.latent_dim)]).to_numpy(np.float32)
+    d = int(encoder.latent_dim)
+    z_cells = pd.read_parquet(embedding, columns=[f"z_{i}" for i in range(d)]).to_numpy(np.float32)
     if len(z_cells) != len(seg_ids):
         raise ValueError(f"{embedding}: {len(z_cells)} rows, cells.parquet {cells} has {len(seg_ids)} (rerun embed)")
-    if int(emb.patch_size) > size or size % int(emb.patch_size):
-        raise ValueError(f"window of {size} px cannot be block-averaged to the embedder's {emb.patch_size} px patch")
+    if int(encoder.patch_size) > size or size % int(encoder.patch_size):
+        raise ValueError(f"window of {size} px cannot be block-averaged to the embedder's {encoder.patch_size} px patch")
 
     truth = None
     if truth_labels:
@@ -151,17 +161,16 @@ def slide_windows(slide: str, *, preprocessed: str, labels: str, cells: str, clu
             n, contacts, ctc_leuk = seg_n, seg_contacts, seg_ctc_leuk
         unit = to_unit(np.asarray(image[:, y0:y0 + size, x0:x0 + size]))
         pixels.append(to_patch_dtype(downsample_window(unit, int(input_size)), "uint8"))
-        vae_input.append(to_patch_dtype(downsample_window(unit, int(emb.patch_size)), "uint8"))
+        vae_input.append(to_patch_dtype(downsample_window(unit, int(encoder.patch_size)), "uint8"))
         rows.append({"slide": slide, "window": i, "kind": kinds[i], "y0": y0, "x0": x0, "size": size,
                      "target_source": "truth" if truth is not None else "segmentation", "n_cells": n,
                      "contacts": contacts, "ctc_leukocyte_contacts": ctc_leuk, "seg_n_cells": seg_n,
                      "seg_contacts": seg_contacts, "seg_ctc_leukocyte_contacts": seg_ctc_leuk,
                      **{f"zcell_{k}": float(v) for k, v in enumerate(zcell)}})
-    d = emb.model.spec.latent_dim
     pixel_array = np.stack(pixels) if pixels else np.zeros((0, c, int(input_size), int(input_size)), np.uint8)
     table = pd.DataFrame(rows, columns=[col for col in window_table_columns(d) if not col.startswith("zwin_")])
     if len(vae_input):
-        zwin = encode(emb.model, np.stack(vae_input), emb.conditions_for([category] * len(vae_input)))
+        zwin = encoder(np.stack(vae_input), category)
         for k in range(d):
             table[f"zwin_{k}"] = zwin[:, k]
     else:
@@ -182,7 +191,7 @@ def slide_windows(slide: str, *, preprocessed: str, labels: str, cells: str, clu
         arr = zarr.create_array(str(tmp), shape=pixel_array.shape, chunks=(max(1, min(64, len(pixel_array))), c,
                                 int(input_size), int(input_size)), dtype=np.uint8, zarr_format=3,
                                 attributes={"hemoprofile": {"window_size": size, "input_size": int(input_size),
-                                                            "embedder": emb.model_id}})
+                                                            "embedder": encoder.model_id}})
         if len(pixel_array):
             arr[:] = pixel_array
     with atomic_output(os.path.join(out_dir, "contacts.json")) as tmp:

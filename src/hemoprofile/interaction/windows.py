@@ -7,8 +7,9 @@ Definitions (used for the ground truth and for the segmentation alike):
 * A cell is *in* a window when its centroid is (``y0 <= y < y0 + size``, same for x); a cell whose body
   crosses the window's edge still counts with all its contacts, because the labels are read with a halo.
 * Two cells are in *contact* when their labels touch: some pixel of one is 8-adjacent to a pixel of the
-  other, i.e. a 1-pixel dilation of one overlaps the other (:func:`hemoprofile.features.cell_clusters.
-  adjacent_pairs` with distance 0, the same adjacency the extract stage clusters cells with).
+  other, i.e. a 1-pixel dilation of one overlaps the other (:func:`touching_pairs`; the same adjacency
+  the extract stage clusters touching cells with, which this stage cannot import: stages import only
+  the shared layers).
 * A window's *contacts* are the touching pairs whose two cells are both in it; its *CTC–leukocyte
   contacts* the pairs of one CTC and one other cell.
 """
@@ -19,8 +20,6 @@ import zlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-
-from hemoprofile.features.cell_clusters import adjacent_pairs
 
 #: Window kinds: centred on a touching-cell cluster of the segmentation, or placed at random.
 KINDS = ("cluster", "random")
@@ -73,6 +72,29 @@ def cells_in_window(ids: np.ndarray, y: np.ndarray, x: np.ndarray, y0: int, x0: 
     return np.asarray(ids)[inside]
 
 
+#: Offsets to half of the 8-neighbourhood (right, down, down-right, down-left): every unordered pair of
+#: neighbouring pixels is met once.
+_HALF_NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))
+
+
+def touching_pairs(labels: np.ndarray) -> np.ndarray:
+    """Unique pairs (a < b) of different non-zero labels with 8-adjacent pixels, as (n, 2) int64, sorted.
+
+    Example
+    -------
+    >>> touching_pairs(np.array([[1, 2, 0, 3], [0, 0, 3, 0]])).tolist()
+    [[1, 2], [2, 3]]
+    """
+    lab = np.pad(np.asarray(labels), 1)
+    h, w = lab.shape
+    centre = lab[1:-1, 1:-1].ravel()
+    found = [np.stack([centre, lab[1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx].ravel()], axis=1)
+             for dy, dx in _HALF_NEIGHBOURS]
+    pairs = np.concatenate(found).astype(np.int64)
+    pairs = np.sort(pairs[(pairs[:, 0] != pairs[:, 1]) & (pairs.min(axis=1) > 0)], axis=1)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+
+
 def count_contacts(pairs: np.ndarray, members: np.ndarray, ctc_ids: np.ndarray | None = None) -> tuple[int, float]:
     """Touching pairs among ``members``, and those of one CTC and one other cell (NaN without types).
 
@@ -107,12 +129,13 @@ def window_contacts(labels_halo: np.ndarray, members: np.ndarray, ctc_ids: np.nd
     >>> window_contacts(lab, np.array([1, 2, 3]), np.array([2]))
     (1, 1.0)
     """
-    return count_contacts(adjacent_pairs(labels_halo), members, ctc_ids)
+    return count_contacts(touching_pairs(labels_halo), members, ctc_ids)
 
 
 def slide_contacts(labels, block: int = 1024) -> np.ndarray:
-    """Every touching pair of a whole label image, read in ``block`` x ``block`` tiles with a one-pixel halo
-    (each pixel pair is counted by the tile that holds its anchor, so memory is a tile plus the pairs).
+    """Every touching pair of a whole label image, read in ``block`` x ``block`` tiles that overlap their
+    neighbours by one pixel (a pair across a tile edge is seen by a tile holding both pixels; a pair seen
+    twice is kept once), so memory is a tile plus the pairs.
 
     Parameters
     ----------
@@ -129,14 +152,8 @@ def slide_contacts(labels, block: int = 1024) -> np.ndarray:
     [[1, 2], [2, 3]]
     """
     h, w = int(labels.shape[0]), int(labels.shape[1])
-    found = []
-    for y0 in range(0, h, block):
-        for x0 in range(0, w, block):
-            y1, x1 = min(y0 + block, h), min(x0 + block, w)
-            wy1, wx0, wx1 = min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)
-            window = np.asarray(labels[y0:wy1, wx0:wx1])
-            core = (slice(0, y1 - y0), slice(x0 - wx0, x0 - wx0 + x1 - x0))
-            found.append(adjacent_pairs(window, core=core))
+    found = [touching_pairs(np.asarray(labels[y0:min(y0 + block + 1, h), max(x0 - 1, 0):min(x0 + block + 1, w)]))
+             for y0 in range(0, h, block) for x0 in range(0, w, block)]
     pairs = np.concatenate(found) if found else np.empty((0, 2), np.int64)
     return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
 

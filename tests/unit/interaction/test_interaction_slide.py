@@ -11,6 +11,7 @@ import torch
 import zarr
 from helpers.embed_slides import TINY, two_slides
 
+from hemoprofile.embed.slide import patch_encoder
 from hemoprofile.embed.training import train_embedder
 from hemoprofile.interaction.cohort import fit_and_evaluate
 from hemoprofile.interaction.slide import read_windows, slide_windows
@@ -26,7 +27,7 @@ SQUARES = {1: (10, 10), 2: (10, 16), 3: (10, 22), 4: (40, 40)}
 def embedder(tmp_path_factory):
     root = tmp_path_factory.mktemp("emb")
     train_embedder(two_slides(root), root / "m.pt", root / "m.json", {**TINY, "train": {"epochs": 1}}, progress=None)
-    return str(root / "m.pt")
+    return patch_encoder(root / "m.pt")
 
 
 def _slide(root, slide="S1", seg_offset=100):
@@ -57,7 +58,7 @@ def _slide(root, slide="S1", seg_offset=100):
 def _run(root, embedder, truth_cells=None, **kw):
     return slide_windows("S1", preprocessed=str(root / "preprocessed.zarr"), labels=str(root / "labels.zarr"),
                          cells=str(root / "cells.parquet"), clusters=str(root / "clusters.parquet"),
-                         embedding=str(root / "embedding.parquet"), embedder=embedder, out_dir=str(root / "out"),
+                         embedding=str(root / "embedding.parquet"), encoder=embedder, out_dir=str(root / "out"),
                          predictions=str(root / "predictions.parquet"),
                          truth_labels=str(root / "truth_labels.zarr") if truth_cells is not None else None,
                          truth_cells=truth_cells, window_size=kw.pop("window_size", 32), input_size=16,
