@@ -33,6 +33,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import zarr
 
 from hemoprofile.interaction.windows import (cells_in_window, centroid_lookup, count_contacts, downsample_window,
@@ -66,8 +67,6 @@ def _predicted_ctc(predictions_path: str | None, cells: pd.DataFrame) -> np.ndar
     """Whether each segmented cell is predicted CTC (None without a ``pred_ctc`` column)."""
     if not predictions_path or not os.path.exists(predictions_path):
         return None
-    import pyarrow.parquet as pq
-
     if "pred_ctc" not in pq.read_schema(predictions_path).names:
         return None
     pred = pd.read_parquet(predictions_path, columns=["cell_id", "pred_ctc"])
