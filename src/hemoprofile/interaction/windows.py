@@ -85,13 +85,15 @@ def touching_pairs(labels: np.ndarray) -> np.ndarray:
     >>> touching_pairs(np.array([[1, 2, 0, 3], [0, 0, 3, 0]])).tolist()
     [[1, 2], [2, 3]]
     """
-    lab = np.pad(np.asarray(labels), 1)
+    lab = np.pad(np.asarray(labels), 1)  # a zero border: every offset view has the image's shape
     h, w = lab.shape
-    centre = lab[1:-1, 1:-1].ravel()
-    found = [np.stack([centre, lab[1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx].ravel()], axis=1)
-             for dy, dx in _HALF_NEIGHBOURS]
+    centre = lab[1:-1, 1:-1]
+    found = []
+    for dy, dx in _HALF_NEIGHBOURS:
+        other = lab[1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx]
+        hit = (centre != other) & (centre > 0) & (other > 0)  # masks first: only touching pixels are copied
+        found.append(np.sort(np.stack([centre[hit], other[hit]], axis=1), axis=1))
     pairs = np.concatenate(found).astype(np.int64)
-    pairs = np.sort(pairs[(pairs[:, 0] != pairs[:, 1]) & (pairs.min(axis=1) > 0)], axis=1)
     return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
 
 

@@ -87,3 +87,16 @@ def test_downsample_window_block_means_and_rejects_non_multiples():
     assert out.shape == (2, 2, 2) and out[0].tolist() == [[0.0, 1.0], [1.0, 1.0]]
     with pytest.raises(ValueError, match="multiple"):
         downsample_window(np.ones((1, 10, 10)), 4)
+
+
+def test_touching_pairs_agree_with_the_extract_stages_adjacency():
+    """The contacts counted here are the adjacency extract clusters cells by (distance 0)."""
+    from hemoprofile.features.cell_clusters import adjacent_pairs
+    from hemoprofile.interaction.windows import touching_pairs
+
+    rng = np.random.default_rng(5)
+    lab = np.zeros((60, 60), np.int32)
+    for i in range(1, 80):
+        y, x = rng.integers(0, 56, 2)
+        lab[y:y + rng.integers(2, 6), x:x + rng.integers(2, 6)] = i
+    np.testing.assert_array_equal(touching_pairs(lab), adjacent_pairs(lab))
