@@ -18,4 +18,5 @@ STAGE_VERSIONS = {
     "report": 2,
     "export": 1,
     "view": 1,
+    "interaction": 1,
 }

@@ -276,4 +276,33 @@ def make_report_inputs(root: str | Path, *, intensity_scale: dict[str, float] | 
     return ReportInputs(config=config, samples=samples, slides=slides, classifier_metrics=classifier,
                         embedding_metrics=str(emb / "metrics.json"), embedding_figures=figures,
                         clusters_by_condition=str(emb / "clusters_by_condition.parquet"),
-                        benchmarks_dir=str(bench), provenance=provenance, **patient_paths)
+                        benchmarks_dir=str(bench), provenance=provenance, **patient_paths,
+                        **interaction_files(root / "cohort" / "interaction", sheet))
+
+
+def interaction_files(folder: Path, sheet: dict) -> dict:
+    """The interaction stage's predictions.parquet and metrics.json: 8 windows per slide whose true
+    contacts are known; the CNN is off by a fixed 0.5 (so its RMSE is 0.500), the latent ridge by 1."""
+    from hemoprofile.interaction.regression import rmse_summary
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    rows = []
+    for slide, (patient, _) in sheet.items():
+        for w in range(8):
+            target = float(rng.integers(0, 7))
+            rows.append({"slide": slide, "patient": patient, "window": w, "kind": "cluster" if w < 4 else "random",
+                         "target": target, "target_source": "truth", "n_cells": 10, "seg_contacts": target,
+                         "ctc_leukocyte_contacts": 0.0, "fold": 0, "pred_mean": 3.0,
+                         "pred_latent": target + (1.0 if w % 2 else -1.0), "pred_cnn": target + 0.5})
+    pred = pd.DataFrame(rows)
+    pred.to_parquet(folder / "predictions.parquet", index=False)
+    preds = {"mean": pred["pred_mean"], "latent_ridge": pred["pred_latent"], "cnn": pred["pred_cnn"],
+             "segmentation_count": pred["seg_contacts"]}
+    metrics = {"target": "contacts", "target_source": ["truth"], "folds": 3, "window_size": 128, "input_size": 32,
+               "epochs": 2, "all": rmse_summary(pred["target"], preds, pred["patient"], 100)}
+    for kind, part in pred.groupby("kind"):
+        metrics[kind] = rmse_summary(part["target"], {k: v[part.index] for k, v in preds.items()}, part["patient"], 100)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return {"interaction_metrics": str(folder / "metrics.json"),
+            "interaction_predictions": str(folder / "predictions.parquet")}

@@ -39,6 +39,8 @@ TINY_CONFIG = {
         "sample_tiles": 4,
         "channels": {"DAPI": {"denoise": {"enabled": True, "iterations": 5}}, "CK": {"clahe": {"enabled": True, "kernel_size": 32}}},
     },
+    # the interaction stage on (its schema default is off), small: 4 + 4 windows per slide, 2 CNN epochs
+    "interaction": {"enabled": True, "cluster_windows": 4, "random_windows": 4, "epochs": 2, "bootstrap": 100},
     "patient_model": {
         "cv_folds": 2, "cv_repeats": 1, "bootstrap": 50,
         "models": {"xgboost": {"n_estimators": 10}, "catboost": {"iterations": 20}, "random_forest": {"n_estimators": 20},

@@ -174,8 +174,19 @@ def test_patient_level_outputs_and_report(tiny_run):
     metrics = json.loads((cohort / "patient_model" / "metrics.json").read_text())
     assert set(metrics["stages"]) == {"disease", "subtype", "overall"} and metrics["n_unlabelled"] == 1
     html = (cohort / "report.html").read_text()
-    for section in ("summary", "qc", "composition", "classifiers", "latent", "rare_events", "patients", "importances"):
+    for section in ("summary", "qc", "composition", "classifiers", "latent", "rare_events", "interaction",
+                    "patients", "importances"):
         assert f'id="{section}"' in html, section
+    # the interaction stage: 8 windows per slide predicted out of fold, its columns in the patient table
+    # (described) but not among the patient model's features (interaction.patient_model is false)
+    windows = pd.read_parquet(cohort / "interaction" / "predictions.parquet")
+    assert len(windows) == 8 * 7 and set(windows["target_source"]) == {"truth"}
+    assert windows.groupby("patient")["fold"].nunique().eq(1).all()
+    interaction = [c for c in patients.columns if c.startswith("interaction_")]
+    assert len(interaction) == 3 and set(interaction) <= set(columns["column"])
+    assert patients["interaction_contacts_per_1000_cells"].notna().all()
+    assert metrics["features"] and not any(f.startswith("interaction_") for f in metrics["features"])
+    assert "Predicted vs true contacts" in html
 
 
 @pytest.mark.slow

@@ -238,12 +238,17 @@ def patient_cell_types():
 
 
 def patient_slide_inputs(wildcards):
-    """Every row's cells and predictions (slides and collections); the slides' embeddings."""
-    return {
+    """Every row's cells and predictions (slides and collections); the slides' embeddings; the interaction
+    stage's per-slide totals and window predictions when it is on."""
+    inputs = {
         "cells": expand(f"{RESULTS}/{{slide}}/cells.parquet", slide=ROWS),
         "predictions": expand(f"{RESULTS}/{{slide}}/predictions.parquet", slide=ROWS),
         "embeddings": expand(f"{RESULTS}/{{slide}}/embedding.parquet", slide=SLIDES),
     }
+    if INTERACTION_ON:  # the interaction_* columns
+        inputs["interaction_slides"] = f"{INTERACTION_DIR}/slides.parquet"
+        inputs["interaction_predictions"] = f"{INTERACTION_DIR}/predictions.parquet"
+    return inputs
 
 
 def aggregate_samples():
@@ -251,6 +256,47 @@ def aggregate_samples():
     table = SAMPLES.reset_index(drop=True)
     modality = [collection_modality(row, config) if row["source"] == "collection" else "" for _, row in table.iterrows()]
     return {**table[["slide", "patient", "condition", "source"]].to_dict(orient="list"), "modality": modality}
+
+
+# --- cell-cell interaction (rule in interaction.smk) ---
+
+INTERACTION = config["interaction"]
+INTERACTION_ON = bool(INTERACTION["enabled"]) and bool(SLIDES)
+INTERACTION_DIR = f"{COHORT}/interaction"
+INTERACTION_VERSION = stage_version("interaction")
+
+
+def interaction_inputs(wildcards):
+    """Every slide's preprocessed image, labels, cells, clusters, predictions and embedding, the embedder,
+    and the synthetic truth (the regression target) when the cohort is simulated."""
+    inputs = {
+        key: expand(f"{RESULTS}/{{slide}}/{name}", slide=SLIDES)
+        for key, name in (
+            ("preprocessed", "preprocessed.zarr"), ("labels", "labels.zarr"), ("cells", "cells.parquet"),
+            ("clusters", "clusters.parquet"), ("predictions", "predictions.parquet"),
+            ("embedding", "embedding.parquet"),
+        )
+    }
+    inputs["embedder"] = f"{RESULTS}/models/embedder.pt"
+    if SYNTHETIC:
+        inputs["truth_labels"] = expand(f"{SYNTHETIC_DIR}/{{slide}}/truth_labels.zarr", slide=SLIDES)
+        inputs["truth_cells"] = f"{SYNTHETIC_DIR}/truth_cells.parquet"
+    return inputs
+
+
+def interaction_categories():
+    """Slide -> its cVAE condition value (embed.condition_on: slide, batch or condition; none: no value)."""
+    on = EMBED.get("condition_on", "none")
+    if on == "none":
+        return {}
+    return {s: s if on == "slide" else embed_sheet(s)[on] for s in SLIDES}
+
+
+def interaction_outputs():
+    """The interaction stage's cohort outputs (none when interaction.enabled is false or there are no slides)."""
+    if not INTERACTION_ON:
+        return []
+    return [f"{INTERACTION_DIR}/{name}" for name in ("slides.parquet", "predictions.parquet", "metrics.json")]
 
 
 def report_inputs(wildcards):
@@ -289,6 +335,9 @@ def report_inputs(wildcards):
         inputs["clusters_by_condition"] = f"{EMBED_FIGURES}/clusters_by_condition.parquet"
     if SYNTHETIC:
         inputs["truth_cells"] = f"{SYNTHETIC_DIR}/truth_cells.parquet"
+    if INTERACTION_ON:
+        inputs["interaction_metrics"] = f"{INTERACTION_DIR}/metrics.json"
+        inputs["interaction_predictions"] = f"{INTERACTION_DIR}/predictions.parquet"
     return inputs
 
 
@@ -313,6 +362,7 @@ def all_outputs():
         outputs.append(f"{SYNTHETIC_DIR}/truth_cells.parquet")
     if COLLECTION_DEMO:
         outputs.append(f"{COLLECTION_DEMO_DIR}/samples.tsv")
+    outputs += interaction_outputs()
     outputs += [f"{COHORT}/patients.parquet", f"{COHORT}/patient_predictions.parquet", f"{COHORT}/report.html"]
     return outputs
 

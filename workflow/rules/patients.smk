@@ -17,6 +17,7 @@ rule aggregate_patients:
         samples=aggregate_samples(),
         embedded=SLIDES,
         cell_types=patient_cell_types(),
+        interaction=INTERACTION_ON,
         version=PATIENTS_VERSION,
     log:
         f"{RESULTS}/logs/aggregate_patients.log",
@@ -43,6 +44,8 @@ rule train_patient_model:
         importances=f"{PATIENT_MODEL_DIR}/importances.parquet",
     params:
         settings={k: v for k, v in PATIENT_MODEL.items() if k != "model"},
+        # the interaction_* columns are features only when interaction.patient_model says so
+        exclude_prefixes=[] if INTERACTION["patient_model"] else ["interaction_"],
         seed=config["seed"],
         version=PATIENTS_VERSION,
     log:

@@ -2,6 +2,7 @@
 import pandas as pd
 
 from hemoprofile.patients.aggregate import aggregate_patients, table_descriptions, write_patient_table
+from hemoprofile.patients.interaction_features import add_interaction_features
 from hemoprofile.runlog import job_progress
 
 progress = job_progress(snakemake.log[0], "aggregate_patients")
@@ -12,6 +13,9 @@ files = {slide: {"cells": cells, "predictions": predictions}
 for slide, embedding in zip(snakemake.params.embedded, snakemake.input.embeddings):
     files[slide]["embedding"] = embedding
 table, notes = aggregate_patients(samples, files, cell_type_names=snakemake.params.cell_types, progress=progress)
+if snakemake.params.interaction:  # interaction_* columns from the interaction stage
+    table = add_interaction_features(table, pd.read_parquet(snakemake.input.interaction_slides),
+                                     pd.read_parquet(snakemake.input.interaction_predictions))
 write_patient_table(table, table_descriptions(table), snakemake.output.table, snakemake.output.columns)
 for note in notes:
     progress(note)

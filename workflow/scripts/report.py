@@ -34,6 +34,8 @@ result = build_report(
         benchmarks_dir=snakemake.params.benchmarks,
         provenance=collect_provenance(snakemake.params.repo),
         truth_cells=inputs.get("truth_cells"),
+        interaction_metrics=inputs.get("interaction_metrics"),
+        interaction_predictions=inputs.get("interaction_predictions"),
     ),
     snakemake.output.html,
 )

@@ -14,7 +14,7 @@ from hemoprofile.runlog import job_progress
 progress = job_progress(snakemake.log[0], "train_patient_model")
 table = pd.read_parquet(snakemake.input.table)
 settings = resolve_settings(snakemake.params.settings)
-features = feature_columns(table)
+features = feature_columns(table, snakemake.params.exclude_prefixes)
 progress(f"{len(table)} patients, {len(features)} features")
 result = train_two_stage(table, features, settings, snakemake.params.seed)
 save_model(snakemake.output.model, result.model)

@@ -1,5 +1,6 @@
-"""The ``embed`` stage for one slide (:func:`embed_slide`: patches -> ``embedding.parquet``) and the reader
-of embedding tables (:func:`read_embeddings`).
+"""The ``embed`` stage for one slide (:func:`embed_slide`: patches -> ``embedding.parquet``), the reader
+of embedding tables (:func:`read_embeddings`), and :class:`PatchEncoder`, the embedder as a function
+that another stage is handed by its workflow script (stages do not import each other).
 
 ``embedding.parquet`` columns: ``slide`` (string), ``cell_id`` (int64; (slide, cell_id) is the key, row
 order = cells.parquet), ``z_0`` .. ``z_{d-1}`` (float32, posterior mean), ``map_x``, ``map_y`` (float32,
@@ -16,6 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -158,3 +160,45 @@ def read_embeddings(paths: Sequence[str | os.PathLike], max_cells: int = 0, seed
     if not frames:
         raise ValueError("no embedding tables given")
     return pd.concat(frames, ignore_index=True)
+
+
+@dataclass
+class PatchEncoder:
+    """The embedder as a function: stored patches (n, C, P, P) -> posterior means (n, latent_dim), on the
+    CPU, one code path with :func:`embed_slide` (:func:`hemoprofile.embed.training.encode`). The
+    interaction stage gets one from its workflow script.
+
+    Attributes
+    ----------
+    embedder : the loaded model; ``patch_size``, ``latent_dim``, ``model_id`` and ``channels`` are its.
+    """
+
+    embedder: Embedder
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.embedder.patch_size)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.embedder.model.spec.latent_dim)
+
+    @property
+    def model_id(self) -> str:
+        return self.embedder.model_id
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.embedder.channels)
+
+    def __call__(self, patches: np.ndarray, category: str | None = None) -> np.ndarray:
+        """Latent means of ``patches``; ``category``: the cVAE condition value (None for a plain VAE)."""
+        if self.embedder.condition_on != "none" and category is None:
+            raise ValueError(f"{self.embedder.path} is conditioned on {self.embedder.condition_on}: give the "
+                             f"{self.embedder.condition_on} of the patches")
+        return encode(self.embedder.model, patches, self.embedder.conditions_for([category] * len(patches)))
+
+
+def patch_encoder(model_path: str | os.PathLike) -> PatchEncoder:
+    """A :class:`PatchEncoder` of an embedder model file (:func:`hemoprofile.embed.model_files.load_embedder`)."""
+    return PatchEncoder(load_embedder(model_path))

@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from hemoprofile.io import atomic_output
 from hemoprofile.io.tables import read_table
+from hemoprofile.patients.interaction_features import INTERACTION_COLUMNS
 from hemoprofile.vocabulary import CTC, cell_type_columns, cell_types_categorical
 
 #: cells.parquet columns summarised per cell type (median), with what they measure.
@@ -394,11 +395,14 @@ def column_descriptions(types: Sequence[str], latent_clusters: int | None,
 
 def table_descriptions(table: pd.DataFrame) -> dict[str, str]:
     """:func:`column_descriptions` for the columns an aggregated table has (its cell types from the
-    ``count_`` columns, its latent clusters and morphology features from theirs)."""
+    ``count_`` columns, its latent clusters and morphology features from theirs), and the interaction
+    features' (:data:`hemoprofile.patients.interaction_features.INTERACTION_COLUMNS`) where present."""
     types = [c[len("count_"):] for c in table.columns if c.startswith("count_")]
     latent = sum(c.startswith("frac_latent_") for c in table.columns)
     morphology = [f for f in MORPHOLOGY_FEATURES if any(c.startswith(f"{f}__") for c in table.columns)]
-    return column_descriptions(types, latent, morphology)
+    docs = column_descriptions(types, latent, morphology)
+    docs.update({c: d for c, d in INTERACTION_COLUMNS.items() if c in table.columns})
+    return docs
 
 
 def write_patient_table(table: pd.DataFrame, descriptions: Mapping[str, str], parquet_path, tsv_path) -> None:

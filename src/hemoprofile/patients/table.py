@@ -20,17 +20,20 @@ NON_FEATURE_PREFIXES = ("count_",)
 
 
 
-def feature_columns(table: pd.DataFrame) -> list[str]:
+def feature_columns(table: pd.DataFrame, exclude_prefixes: Sequence[str] = ()) -> list[str]:
     """The feature columns of a patient table, in table order.
 
     Rule: every numeric (not boolean) column, except :data:`NON_FEATURE_COLUMNS` (identity, and absolute
     counts that scale with the amount of blood imaged) and columns starting with one of
-    :data:`NON_FEATURE_PREFIXES`.
+    :data:`NON_FEATURE_PREFIXES` or ``exclude_prefixes``.
 
     Parameters
     ----------
     table : pandas.DataFrame
         The patient table.
+    exclude_prefixes : sequence of str
+        More prefixes to leave out (the workflow leaves out ``interaction_`` unless
+        ``interaction.patient_model`` is true).
 
     Returns
     -------
@@ -46,7 +49,8 @@ def feature_columns(table: pd.DataFrame) -> list[str]:
     out = []
     for name in table.columns:
         dtype = table[name].dtype
-        if (isinstance(name, str) and name not in NON_FEATURE_COLUMNS and not name.startswith(NON_FEATURE_PREFIXES)
+        if (isinstance(name, str) and name not in NON_FEATURE_COLUMNS
+                and not name.startswith(NON_FEATURE_PREFIXES + tuple(exclude_prefixes))
                 and pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)):
             out.append(name)
     return out

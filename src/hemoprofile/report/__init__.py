@@ -21,6 +21,8 @@ latent_conditions  the latent clusters by condition: a heatmap of log2 enrichmen
                    tests, BH-adjusted; carrier patients) and a gallery of each cluster's medoids
 rare_events        a gallery of the top CTC candidates (by ``p_ctc_CTC``) and of CTC–leukocyte clusters,
                    image crops with score, slide and cell id
+interaction        RMSE of the contacts-per-window regressors on held-out patients (mean, VAE latent,
+                   CNN, segmentation count) with patient-bootstrap CIs, and a predicted vs true scatter
 patients           patient-level predictions with probabilities, cross-validated metrics per stage with
                    95% confidence intervals, per-model metrics, confusion matrices, out-of-fold predictions,
                    the patient table's key columns and its column glossary
@@ -55,7 +57,8 @@ stage (it reads their files) and no torch.
 Example
 -------
 >>> [section_id for section_id, _ in SECTIONS]
-['summary', 'qc', 'composition', 'classifiers', 'latent', 'latent_conditions', 'rare_events', 'patients', 'importances']
+['summary', 'qc', 'composition', 'classifiers', 'latent', 'latent_conditions', 'rare_events', 'interaction',
+ 'patients', 'importances']
 """
 
 from hemoprofile.report.build import SECTIONS, build_report

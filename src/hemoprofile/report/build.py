@@ -19,6 +19,7 @@ from hemoprofile.report.sections import (
     classifiers,
     composition,
     importances,
+    interaction,
     latent,
     latent_conditions,
     patients,
@@ -36,6 +37,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("latent", "Latent space"),
     ("latent_conditions", "Latent clusters by condition"),
     ("rare_events", "Rare events: CTC candidates and CTC–leukocyte clusters"),
+    ("interaction", "Interaction: cell–cell contacts per window"),
     ("patients", "Patient-level predictions"),
     ("importances", "Feature importances of the patient model"),
 ]
@@ -48,6 +50,7 @@ _BUILDERS: dict[str, Callable[[ReportContext], str]] = {
     "latent": latent.render,
     "latent_conditions": latent_conditions.render,
     "rare_events": rare_events.render,
+    "interaction": interaction.render,
     "patients": patients.render,
     "importances": importances.render,
     "summary": summary.render,   # last: it lists the notes the other sections add

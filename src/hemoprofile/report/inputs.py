@@ -46,6 +46,8 @@ class ReportInputs:
     provenance : from :func:`hemoprofile.report.provenance.collect_provenance`.
     truth_cells : synthetic cohorts only: ``truth_cells.parquet``, whose per-patient condition is shown
         beside the predictions (the truth of blinded patients, whose sheet condition is 'unknown').
+    interaction_metrics, interaction_predictions : the interaction stage's metrics.json and window
+        predictions.parquet (hemoprofile.interaction.cohort).
     """
 
     config: dict
@@ -64,6 +66,8 @@ class ReportInputs:
     benchmarks_dir: str | None = None
     provenance: dict = field(default_factory=dict)
     truth_cells: str | None = None
+    interaction_metrics: str | None = None
+    interaction_predictions: str | None = None
 
 
 class Notes:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[3] / "src" / "hemoprofile"
-STAGES = ("simulate", "ingest", "preprocess", "segment", "features", "classify", "embed", "patients", "report", "export")
+STAGES = ("simulate", "ingest", "preprocess", "segment", "features", "classify", "embed", "interaction", "patients",
+          "report", "export")
 SHARED = ("config", "io", "nn", "models", "vocabulary", "runlog")
 #: Entry points over the stages (the command line, the upload-and-predict server): may import stages.
 APPLICATIONS = ("cli", "serve")

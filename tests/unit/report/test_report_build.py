@@ -92,6 +92,8 @@ def test_every_section_is_present_in_order_with_its_content(full_report):
     assert "4 clusters of touching cells" in text["rare_events"]
     assert "0.800 [0.700, 0.900]" in text["patients"] and "predicted_state" in text["patients"]
     assert "ctc_per_1000" in text["importances"] and "what ctc_per_1000 means" in text["importances"]
+    assert "CNN on the window" in text["interaction"] and "0.500" in text["interaction"]
+    assert "ridge on the VAE latents" in text["interaction"] and "1.000" in text["interaction"]
 
 
 def test_summary_lists_slides_without_cells_and_without_outputs(full_report):
@@ -128,6 +130,7 @@ DEGRADE = {
     "patients": (dict(patients=None, patient_columns=None, patient_metrics=None, patient_oof=None,
                       patient_predictions=None), "none of the patient-level outputs exists"),
     "importances": (dict(patient_importances="/nonexistent/importances.parquet"), "does not exist"),
+    "interaction": (dict(interaction_metrics=None, interaction_predictions=None), "no interaction metrics given"),
 }
 
 
