@@ -11,23 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.tiny_workflow import TINY_SLIDES, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-SLIDE = "P01_S1"
-CONFIG = {
-    "results": "results",
-    "synthetic": {
-        "enabled": True,
-        "seed": 3,
-        "frame": {"height": 128, "width": 128},
-        "grid": {"rows": 2, "cols": 2},
-        "cells_per_frame": 15,
-        "conditions": {"control": {"patients": 2, "composition": {"CD4_T": 0.3, "granulocyte": 0.7}}},
-    },
-    "tile": {"size": 128},
-    "preprocess": {"sample_tiles": 4, "keep": False},
-}
+SLIDE = TINY_SLIDES[0]
+CONFIG = tiny_config()
+CONFIG["preprocess"]["keep"] = False
+CONFIG["interaction"] = {"enabled": False}  # it reads every slide's preprocessed.zarr (test below)
 
 
 def run(workdir: Path, *args: str) -> str:
@@ -37,7 +28,7 @@ def run(workdir: Path, *args: str) -> str:
     return result.stdout
 
 
-@pytest.mark.slow  # one 256 px slide through extract (~30 s)
+@pytest.mark.slow  # one tiny slide through extract (~30 s)
 def test_preprocessed_is_deleted_after_extract_and_not_rebuilt(tmp_path):
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(CONFIG))
@@ -52,5 +43,15 @@ def test_preprocessed_is_deleted_after_extract_and_not_rebuilt(tmp_path):
     assert "Nothing to be done" in run(tmp_path, "--dry-run", f"results/{SLIDE}/cells.parquet")
     plan = run(tmp_path, "--dry-run")
     planned = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", plan.split("Job stats:", 1)[1], re.M))
-    assert planned.get("preprocess") == "1", planned  # the other slide only
+    assert planned.get("preprocess") == str(len(TINY_SLIDES) - 1), planned  # the other slides only
     assert "report" in planned and "segment" in planned
+
+
+def test_interaction_with_a_temporary_preprocessed_image_stops_before_any_job(tmp_path):
+    (tmp_path / "config").mkdir()
+    config = {**CONFIG, "interaction": {"enabled": True}}
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--dry-run"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode != 0
+    assert "interaction.enabled is true and preprocess.keep is false" in result.stdout + result.stderr

@@ -264,6 +264,12 @@ INTERACTION = config["interaction"]
 INTERACTION_ON = bool(INTERACTION["enabled"]) and bool(SLIDES)
 INTERACTION_DIR = f"{COHORT}/interaction"
 INTERACTION_VERSION = stage_version("interaction")
+if INTERACTION_ON and not KEEP_PREPROCESSED:
+    raise WorkflowError(
+        "configuration: interaction.enabled is true and preprocess.keep is false: the interaction job reads "
+        "every slide's preprocessed.zarr, so the temporaries would be kept until it runs (or rebuilt, with "
+        "segmentation and extraction, after they were deleted); set one of the two the other way"
+    )
 
 
 def interaction_inputs(wildcards):
