@@ -171,7 +171,8 @@ def held_out_patients(metrics_path: str | os.PathLike) -> tuple[list[str], list[
 
 
 def held_out_cells(slides: Sequence[Mapping], truth: Callable[[Mapping, pd.DataFrame], np.ndarray],
-                   progress: Callable[[str], object] | None = None) -> pd.DataFrame:
+                   progress: Callable[[str], object] | None = None, label_columns: Sequence[str] = ("gate_label",)
+                   ) -> pd.DataFrame:
     """Score and truth of every cell of the given slides.
 
     Parameters
@@ -180,6 +181,7 @@ def held_out_cells(slides: Sequence[Mapping], truth: Callable[[Mapping, pd.DataF
         ``truth`` needs).
     truth : (slide mapping, cells with slide/cell_id/y/x) -> raw label per cell (a cell type or gate
         label, None for none); ``CTC`` marks a CTC.
+    label_columns : cells.parquet columns ``truth`` may read besides slide, cell_id, y, x (where present).
 
     Returns
     -------
@@ -193,7 +195,8 @@ def held_out_cells(slides: Sequence[Mapping], truth: Callable[[Mapping, pd.DataF
     parts = []
     for item in slides:
         names = pq.read_schema(item["cells"]).names
-        cells = read_cells(item["cells"], [c for c in ("slide", "cell_id", "y", "x", "gate_label") if c in names])
+        wanted = dict.fromkeys(("slide", "cell_id", "y", "x", *label_columns))
+        cells = read_cells(item["cells"], [c for c in wanted if c in names])
         scores = pq.read_table(item["predictions"], columns=["cell_id", "p_ctc_CTC"]).to_pandas()
         if not np.array_equal(scores["cell_id"].to_numpy(), cells["cell_id"].to_numpy()):
             raise ValueError(f"{item['predictions']}: rows do not match {item['cells']} (rerun classify)")
@@ -262,4 +265,56 @@ def read_calibration(path: str | os.PathLike) -> dict:
         result["calibration"]["method"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a readable CTC calibration ({err})") from err
+    return result
+
+
+def calibrate_ctc(slides: Sequence[Mapping], metrics_path: str | os.PathLike, out_json: str | os.PathLike,
+                  out_curve: str | os.PathLike, *, max_false_per_million: float = 10.0, method: str = "isotonic",
+                  bins: int = 10, label_source: str = "truth", label_column: str = "gate_label",
+                  truth_cells: str | os.PathLike | None = None, labels_table: str | os.PathLike | None = None,
+                  progress: Callable[[str], object] | None = None) -> dict:
+    """The ``calibrate_ctc`` stage: calibration and candidate threshold from the ctc classifier's held-out
+    patients (module docstring), written to ``out_json`` and the reliability diagram to ``out_curve``.
+
+    Parameters
+    ----------
+    slides : one mapping per slide: ``slide``, ``patient``, ``cells``, ``predictions`` and, for
+        ``label_source`` truth, ``truth_labels`` (the slide's truth_labels.zarr).
+    metrics_path : the ctc classifier's metrics.json (its split names the held-out patients).
+    max_false_per_million, method, bins : the target rate, the calibration method, the diagram's bins.
+    label_source, label_column, truth_cells, labels_table : where the held-out cells' truth comes from,
+        as for classifier training (:func:`hemoprofile.classify.labels.slide_raw_labels`).
+
+    Returns
+    -------
+    The result written to ``out_json`` (threshold, calibration, validation and test figures).
+    """
+    from hemoprofile.classify.labels import SlideInput, slide_raw_labels
+    from hemoprofile.io.tables import read_cells, read_label_table
+    from hemoprofile.vocabulary import map_labels
+
+    validation_patients, test_patients = held_out_patients(metrics_path)
+    truth_table = read_cells(truth_cells, ["slide", "cell_id", "cell_type"]) if truth_cells else None
+    label_table = read_label_table(labels_table, label_column) if labels_table else None
+
+    def truth(item: Mapping, cells: pd.DataFrame) -> np.ndarray:
+        raw = slide_raw_labels(SlideInput(item["slide"], item["cells"], "", truth_labels=item.get("truth_labels")),
+                               cells, label_source, label_column=label_column, truth_cells=truth_table,
+                               label_table=label_table)
+        return map_labels(raw, "ctc")
+
+    parts = {}
+    for name, patients in (("validation", validation_patients), ("test", test_patients)):
+        chosen = [s for s in slides if str(s["patient"]) in set(patients)]
+        if not chosen:
+            raise ValueError(f"{metrics_path}: none of the {name} patients {patients} has a slide in this cohort")
+        parts[name] = held_out_cells(chosen, truth, progress, label_columns=(label_column,))
+    result, curve = calibrate_and_choose(parts["validation"], parts["test"], max_false_per_million, method, bins)
+    result["validation_patients"], result["test_patients"] = validation_patients, test_patients
+    write_calibration(result, curve, out_json, out_curve)
+    if progress:
+        progress(f"threshold {result['threshold']:.6g} (calibrated {result['threshold_calibrated']:.4g}); "
+                 f"validation {result['validation']['false']} false of {result['validation']['n_negatives']:,}; "
+                 f"test {result['test']['false']} false of {result['test']['n_negatives']:,}, recall "
+                 f"{result['test']['recall']:.3f}; {result['note']}")
     return result
