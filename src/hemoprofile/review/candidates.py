@@ -182,3 +182,29 @@ def candidates_metadata(path: str | os.PathLike) -> dict:
     """The ``hemoprofile`` metadata :func:`write_candidates` stored (threshold, its source)."""
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta.get(b"hemoprofile", b"{}"))
+
+
+def slide_candidates(slide: str, cells_path: str | os.PathLike, predictions_path: str | os.PathLike,
+                     out: str | os.PathLike, *, threshold: float | str = "auto",
+                     calibration_path: str | os.PathLike | None = None,
+                     clusters_path: str | os.PathLike | None = None, gate_column: str = "gate_label") -> pd.DataFrame:
+    """The ``ctc_candidates`` stage: one slide's candidates.parquet.
+
+    ``threshold`` is a ``p_ctc_CTC`` value, or ``"auto"``: the threshold (and the calibration giving
+    ``p_ctc_calibrated``) of ``calibration_path`` (:func:`hemoprofile.review.calibration.calibrate_ctc`).
+    Returns the table written.
+    """
+    from hemoprofile.review.calibration import read_calibration
+
+    calibration = None
+    if threshold == "auto":
+        if not calibration_path:
+            raise ValueError("ctc.candidate_threshold 'auto' needs the calibration file (rule calibrate_ctc)")
+        chosen = read_calibration(calibration_path)
+        value, calibration, source = float(chosen["threshold"]), chosen["calibration"], f"auto: {calibration_path}"
+    else:
+        value, source = float(threshold), "ctc.candidate_threshold"
+    table = candidate_table(slide, cells_path, predictions_path, value, clusters_path=clusters_path,
+                            calibration=calibration, gate_column=gate_column)
+    write_candidates(table, out, threshold=value, source=source)
+    return table
