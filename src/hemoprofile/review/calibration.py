@@ -21,7 +21,8 @@ overstate the probability a candidate is a CTC at real frequencies (the ranking,
 does not depend on it).
 
 "Leukocytes" here are all held-out cells that are not true CTCs (debris and look-alikes included: they
-cost the reviewer the same).
+cost the reviewer the same). With ``label_source: truth`` a segmented object that lies on no true cell
+(CK+ debris, a fragment) is such a non-CTC; with a label column or table, unlabelled cells are left out.
 """
 
 from __future__ import annotations
@@ -301,7 +302,10 @@ def calibrate_ctc(slides: Sequence[Mapping], metrics_path: str | os.PathLike, ou
         raw = slide_raw_labels(SlideInput(item["slide"], item["cells"], "", truth_labels=item.get("truth_labels")),
                                cells, label_source, label_column=label_column, truth_cells=truth_table,
                                label_table=label_table)
-        return map_labels(raw, "ctc")
+        mapped = map_labels(raw, "ctc")
+        if label_source == "truth":  # a segmented object on no true cell (debris, a fragment) is a false candidate
+            mapped = np.array([v if v is not None else "not_a_cell" for v in mapped], dtype=object)
+        return mapped
 
     parts = {}
     for name, patients in (("validation", validation_patients), ("test", test_patients)):

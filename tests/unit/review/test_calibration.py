@@ -87,3 +87,33 @@ def test_held_out_patients_come_from_the_classifier_split(tmp_path):
     cells.write_text(json.dumps({"split": {"held_out_by": "cells (stratified)"}}))
     with pytest.raises(ValueError, match="c.json: the ctc classifier was not held out by patient"):
         held_out_patients(cells)
+
+
+def test_calibrate_ctc_stage_uses_the_classifier_held_out_patients(tmp_path):
+    from helpers.review_slides import write_review_slide
+
+    from hemoprofile.review.calibration import calibrate_ctc, read_calibration
+
+    slides = []
+    for slide, patient, seed in (("V1", "PV", 0), ("T1", "PT", 1), ("X1", "PX", 2)):
+        paths = write_review_slide(tmp_path, slide=slide, n=500, n_ctc=8, seed=seed, patches=False)
+        slides.append({"slide": slide, "patient": patient, "cells": paths["cells"], "predictions": paths["predictions"]})
+    metrics = tmp_path / "ctc.metrics.json"
+    metrics.write_text(json.dumps({"split": {"held_out_by": "group", "validation_groups": ["PV"],
+                                             "test_groups": ["PT"], "train_groups": ["PX"]}}))
+    out, curve = tmp_path / "cal.json", tmp_path / "curve.tsv"
+    result = calibrate_ctc(slides, metrics, out, curve, max_false_per_million=10, label_source="column",
+                           label_column="gate_label")
+    assert read_calibration(out)["threshold"] == result["threshold"]
+    # leukocyte scores are below 0.3 and CTC scores 0.9+: the threshold sits just above the validation
+    # slide's highest leukocyte score
+    scores = pd.read_parquet(slides[0]["predictions"])["p_ctc_CTC"]
+    assert result["threshold"] == pytest.approx(float(scores[scores < 0.5].max()), abs=1e-6)
+    assert result["validation"]["n_negatives"] == 492 and result["test"]["n_negatives"] == 492
+    test_scores = pd.read_parquet(slides[1]["predictions"])["p_ctc_CTC"]
+    expected_false = int(((test_scores >= result["threshold"]) & (test_scores < 0.5)).sum())
+    assert result["test"]["recall"] == 1.0 and result["test"]["false"] == expected_false
+    assert not result["target_resolvable"] and "below the held-out set's resolution" in result["note"]
+    assert pd.read_csv(curve, sep="\t")["n"].sum() == 2 * 500
+    with pytest.raises(ValueError, match="none of the validation patients"):
+        calibrate_ctc(slides[1:], metrics, out, curve, label_source="column")
