@@ -174,7 +174,8 @@ def test_patient_level_outputs_and_report(tiny_run):
     metrics = json.loads((cohort / "patient_model" / "metrics.json").read_text())
     assert set(metrics["stages"]) == {"disease", "subtype", "overall"} and metrics["n_unlabelled"] == 1
     html = (cohort / "report.html").read_text()
-    for section in ("summary", "qc", "composition", "classifiers", "latent", "rare_events", "patients", "importances"):
+    for section in ("summary", "qc", "composition", "classifiers", "latent", "rare_events", "ctc_review", "patients",
+                    "importances"):
         assert f'id="{section}"' in html, section
 
 

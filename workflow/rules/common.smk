@@ -287,6 +287,11 @@ def report_inputs(wildcards):
         inputs["clusters_by_condition"] = f"{EMBED_FIGURES}/clusters_by_condition.parquet"
     if SYNTHETIC:
         inputs["truth_cells"] = f"{SYNTHETIC_DIR}/truth_cells.parquet"
+    if CTC_SLIDES:
+        inputs["ctc_table"] = f"{COHORT}/ctc_review.tsv"
+        if CTC_AUTO:
+            inputs["ctc_calibration"] = CTC_CALIBRATION
+            inputs["ctc_calibration_curve"] = f"{COHORT}/ctc_calibration_curve.tsv"
     return inputs
 
 

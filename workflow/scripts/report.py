@@ -32,6 +32,9 @@ result = build_report(
         benchmarks_dir=snakemake.params.benchmarks,
         provenance=collect_provenance(snakemake.params.repo),
         truth_cells=inputs.get("truth_cells"),
+        ctc_table=inputs.get("ctc_table"),
+        ctc_calibration=inputs.get("ctc_calibration"),
+        ctc_calibration_curve=inputs.get("ctc_calibration_curve"),
     ),
     snakemake.output.html,
 )

@@ -18,6 +18,7 @@ from hemoprofile.report.provenance import package_version
 from hemoprofile.report.sections import (
     classifiers,
     composition,
+    ctc_review,
     importances,
     latent,
     latent_conditions,
@@ -36,6 +37,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("latent", "Latent space"),
     ("latent_conditions", "Latent clusters by condition"),
     ("rare_events", "Rare events: CTC candidates and CTC–leukocyte clusters"),
+    ("ctc_review", "CTC review: threshold, calibration and reviewed counts"),
     ("patients", "Patient-level predictions"),
     ("importances", "Feature importances of the patient model"),
 ]
@@ -48,6 +50,7 @@ _BUILDERS: dict[str, Callable[[ReportContext], str]] = {
     "latent": latent.render,
     "latent_conditions": latent_conditions.render,
     "rare_events": rare_events.render,
+    "ctc_review": ctc_review.render,
     "patients": patients.render,
     "importances": importances.render,
     "summary": summary.render,   # last: it lists the notes the other sections add

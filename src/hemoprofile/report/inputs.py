@@ -46,6 +46,8 @@ class ReportInputs:
     provenance : from :func:`hemoprofile.report.provenance.collect_provenance`.
     truth_cells : synthetic cohorts only: ``truth_cells.parquet``, whose per-patient condition is shown
         beside the predictions (the truth of blinded patients, whose sheet condition is 'unknown').
+    ctc_table, ctc_calibration, ctc_calibration_curve : the cohort CTC table (ctc_review.tsv), the
+        candidate threshold's JSON and the reliability diagram (TSV) of :mod:`hemoprofile.review`.
     """
 
     config: dict
@@ -64,6 +66,9 @@ class ReportInputs:
     benchmarks_dir: str | None = None
     provenance: dict = field(default_factory=dict)
     truth_cells: str | None = None
+    ctc_table: str | None = None
+    ctc_calibration: str | None = None
+    ctc_calibration_curve: str | None = None
 
 
 class Notes:
