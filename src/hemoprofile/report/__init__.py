@@ -21,6 +21,10 @@ latent_conditions  the latent clusters by condition: a heatmap of log2 enrichmen
                    tests, BH-adjusted; carrier patients) and a gallery of each cluster's medoids
 rare_events        a gallery of the top CTC candidates (by ``p_ctc_CTC``) and of CTC–leukocyte clusters,
                    image crops with score, slide and cell id
+ctc_review         the CTC candidate threshold chosen on held-out patients (its false candidates per
+                   million and recall on the test patients), the reliability diagram of the calibrated CTC
+                   probability, and per patient: candidates, reviewed CTCs, CTCs per million leukocytes
+                   with Garwood 95 % intervals (files of :mod:`hemoprofile.review`)
 patients           patient-level predictions with probabilities, cross-validated metrics per stage with
                    95% confidence intervals, per-model metrics, confusion matrices, out-of-fold predictions,
                    the patient table's key columns and its column glossary
@@ -55,7 +59,8 @@ stage (it reads their files) and no torch.
 Example
 -------
 >>> [section_id for section_id, _ in SECTIONS]
-['summary', 'qc', 'composition', 'classifiers', 'latent', 'latent_conditions', 'rare_events', 'patients', 'importances']
+['summary', 'qc', 'composition', 'classifiers', 'latent', 'latent_conditions', 'rare_events', 'ctc_review', 'patients',
+ 'importances']
 """
 
 from hemoprofile.report.build import SECTIONS, build_report
