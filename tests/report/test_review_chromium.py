@@ -10,14 +10,12 @@ the test fails if that is impossible; elsewhere it is skipped with the reason.
 """
 
 import json
-import os
-import shutil
-import subprocess
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.browsers import chromium_or_skip
 from helpers.cdp_pipe import Chromium
 from helpers.review_slides import write_review_slide
 
@@ -26,28 +24,10 @@ from hemoprofile.review.candidates import candidate_table, write_candidates
 from hemoprofile.review.decisions import read_review
 from hemoprofile.review.page import write_review_page
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-def _find_browser():
-    return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
-
 
 @pytest.fixture(scope="module")
 def chromium_path():
-    browser = _find_browser()
-    if browser is None and os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
-        if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
-            subprocess.run("apt-get update && apt-get install -y chromium", shell=True, check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
-        browser = _find_browser()
-        if browser is None:
-            pytest.fail("review browser test NOT RUN: no Chromium, and `apt-get install -y chromium` did not "
-                        "provide one (CI must run it: run CI as root on a Debian/Ubuntu image)", pytrace=False)
-    if browser is None:
-        pytest.skip(f"review browser test NOT RUN: none of {', '.join(BROWSERS)} is installed "
-                    "(apt-get install chromium); CI runs it")
-    return browser
+    return chromium_or_skip("review")
 
 
 def _click(browser, selector):
