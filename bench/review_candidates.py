@@ -1,4 +1,4 @@
-"""Memory of the ctc_candidates stage on a 3 M-cell slide: hemoprofile.review.candidates.candidate_table
+"""Memory of the ctc_candidates stage on a 3 M-cell slide: hemoprofile.classify.candidates.candidate_table
 (record batches, only the columns it needs) against a baseline in the same run that reads both tables
 whole with pandas and filters. Each approach runs in its own subprocess; peak RSS from getrusage.
 
@@ -85,7 +85,7 @@ def write_slide(workdir: Path, n: int, seed: int = 0) -> tuple[str, str]:
 
 
 def run_candidate_table(cells: str, predictions: str) -> dict:
-    from hemoprofile.review.candidates import candidate_table
+    from hemoprofile.classify.candidates import candidate_table
 
     table = candidate_table("S", cells, predictions, THRESHOLD)
     return {"candidates": len(table)}

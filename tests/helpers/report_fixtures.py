@@ -282,9 +282,9 @@ def make_report_inputs(root: str | Path, *, intensity_scale: dict[str, float] | 
 
 def _ctc_review_files(root: Path, samples: pd.DataFrame) -> dict[str, str]:
     """The CTC review inputs: a calibration JSON, its reliability diagram and the cohort CTC table, made
-    by hemoprofile.review from fabricated scores and counts."""
-    from hemoprofile.review.calibration import calibrate_and_choose, write_calibration
-    from hemoprofile.review.rates import rate_per_million
+    by hemoprofile.classify.calibration from fabricated scores and counts."""
+    from hemoprofile.classify.calibration import calibrate_and_choose, write_calibration
+    from hemoprofile.rates import rate_per_million
 
     rng = np.random.default_rng(3)
     scores = np.concatenate([rng.beta(1, 30, 4000), rng.beta(8, 2, 40)])

@@ -1,7 +1,7 @@
 """The CTC review page in a real browser: headless Chromium (driven over the DevTools pipe,
 tests/helpers/cdp_pipe.py) opens review.html from disk, the test clicks decisions with the mouse as a
 reviewer does, types a note and the reviewer's name, sorts a column, clicks Export, and checks the
-downloaded CSV: its rows, and that the workflow reads it back (hemoprofile.review.decisions) and the
+downloaded CSV: its rows, and that the workflow reads it back (hemoprofile.io.ctc_review) and the
 patient aggregation then counts the cells marked CTC. The page must request nothing but itself and
 write no console message.
 
@@ -20,9 +20,9 @@ from helpers.cdp_pipe import Chromium
 from helpers.review_slides import write_review_slide
 
 from hemoprofile.patients.aggregate import aggregate_patients
-from hemoprofile.review.candidates import candidate_table, write_candidates
-from hemoprofile.review.decisions import read_review
-from hemoprofile.review.page import write_review_page
+from hemoprofile.classify.candidates import candidate_table
+from hemoprofile.io.ctc_review import read_review, write_candidates
+from hemoprofile.report.review_page import write_review_page
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Snakemake adapter: CTC calibration and candidate threshold on held-out patients
-(hemoprofile.review.calibration.calibrate_ctc)."""
-from hemoprofile.review.calibration import calibrate_ctc
+(hemoprofile.classify.calibration.calibrate_ctc)."""
+from hemoprofile.classify.calibration import calibrate_ctc
 from hemoprofile.runlog import job_progress
 
 progress = job_progress(snakemake.log[0], "calibrate_ctc")

@@ -1,5 +1,5 @@
-"""Snakemake adapter: one slide's CTC candidates (hemoprofile.review.candidates.slide_candidates)."""
-from hemoprofile.review.candidates import slide_candidates
+"""Snakemake adapter: one slide's CTC candidates (hemoprofile.classify.candidates.slide_candidates)."""
+from hemoprofile.classify.candidates import slide_candidates
 from hemoprofile.runlog import job_progress
 
 progress = job_progress(snakemake.log[0], f"ctc_candidates {snakemake.wildcards.slide}")

@@ -1,7 +1,7 @@
-"""Snakemake adapter: the cohort CTC table (hemoprofile.review.cohort.ctc_cohort_table)."""
+"""Snakemake adapter: the cohort CTC table (hemoprofile.patients.ctc_table.ctc_cohort_table)."""
 import pandas as pd
 
-from hemoprofile.review.cohort import ctc_cohort_table, write_ctc_table
+from hemoprofile.patients.ctc_table import ctc_cohort_table, write_ctc_table
 from hemoprofile.runlog import job_progress
 
 progress = job_progress(snakemake.log[0], "ctc_table")

@@ -1,6 +1,6 @@
-"""Snakemake adapter: one slide's CTC review page (hemoprofile.review.page.write_review_page)."""
-from hemoprofile.review.candidates import candidates_metadata, read_candidates
-from hemoprofile.review.page import write_review_page
+"""Snakemake adapter: one slide's CTC review page (hemoprofile.report.review_page.write_review_page)."""
+from hemoprofile.io.ctc_review import candidates_metadata, read_candidates
+from hemoprofile.report.review_page import write_review_page
 from hemoprofile.runlog import job_progress
 
 progress = job_progress(snakemake.log[0], f"review_page {snakemake.wildcards.slide}")

@@ -93,9 +93,8 @@ def _read_types(path: str, names: Sequence[str], with_ids: bool = True, with_ctc
 def _counted_ctc(slide: str, files: Mapping[str, str], cell_ids: np.ndarray) -> tuple[np.ndarray, dict]:
     """Which of a slide's cells count as CTC when it has ``candidates`` (candidates.parquet): the cells a
     reviewer marked CTC where the slide has a ``review`` CSV, else every candidate. Returns the mask and
-    the review's counts (:func:`hemoprofile.review.decisions.review_counts`; empty without a review)."""
-    from hemoprofile.review.candidates import read_candidates
-    from hemoprofile.review.decisions import read_review, review_counts
+    the review's counts (:func:`hemoprofile.io.ctc_review.review_counts`; empty without a review)."""
+    from hemoprofile.io.ctc_review import read_candidates, read_review, review_counts
 
     candidates = read_candidates(files["candidates"], ["cell_id"])["cell_id"].to_numpy(np.int64)
     if not files.get("review"):

@@ -24,7 +24,7 @@ rare_events        a gallery of the top CTC candidates (by ``p_ctc_CTC``) and of
 ctc_review         the CTC candidate threshold chosen on held-out patients (its false candidates per
                    million and recall on the test patients), the reliability diagram of the calibrated CTC
                    probability, and per patient: candidates, reviewed CTCs, CTCs per million leukocytes
-                   with Garwood 95 % intervals (files of :mod:`hemoprofile.review`)
+                   with Garwood 95 % intervals (files of rules calibrate_ctc and ctc_table)
 patients           patient-level predictions with probabilities, cross-validated metrics per stage with
                    95% confidence intervals, per-model metrics, confusion matrices, out-of-fold predictions,
                    the patient table's key columns and its column glossary

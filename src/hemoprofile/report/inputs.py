@@ -47,7 +47,8 @@ class ReportInputs:
     truth_cells : synthetic cohorts only: ``truth_cells.parquet``, whose per-patient condition is shown
         beside the predictions (the truth of blinded patients, whose sheet condition is 'unknown').
     ctc_table, ctc_calibration, ctc_calibration_curve : the cohort CTC table (ctc_review.tsv), the
-        candidate threshold's JSON and the reliability diagram (TSV) of :mod:`hemoprofile.review`.
+        candidate threshold's JSON and the reliability diagram (TSV) of :mod:`hemoprofile.classify.calibration` and
+        :mod:`hemoprofile.patients.ctc_table`.
     """
 
     config: dict

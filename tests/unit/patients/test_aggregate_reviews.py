@@ -8,7 +8,8 @@ from helpers.review_slides import write_review_slide
 
 from hemoprofile.patients.aggregate import aggregate_patients, table_descriptions
 from hemoprofile.patients.table import feature_columns
-from hemoprofile.review.candidates import candidate_table, write_candidates
+from hemoprofile.classify.candidates import candidate_table
+from hemoprofile.io.ctc_review import write_candidates
 
 TYPES = ["T", "granulocyte", "CTC"]
 

@@ -1,5 +1,5 @@
 """The report's "CTC review" section on a calibration, reliability diagram and cohort CTC table made by
-hemoprofile.review from a small known slide set."""
+hemoprofile.classify and hemoprofile.patients from a small known slide set."""
 
 import dataclasses
 import re
@@ -8,9 +8,10 @@ import pandas as pd
 from helpers.review_slides import write_review_slide
 
 from hemoprofile.report import ReportInputs, build_report
-from hemoprofile.review.calibration import calibrate_and_choose, write_calibration
-from hemoprofile.review.candidates import candidate_table, write_candidates
-from hemoprofile.review.cohort import ctc_cohort_table, write_ctc_table
+from hemoprofile.classify.calibration import calibrate_and_choose, write_calibration
+from hemoprofile.classify.candidates import candidate_table
+from hemoprofile.io.ctc_review import write_candidates
+from hemoprofile.patients.ctc_table import ctc_cohort_table, write_ctc_table
 
 
 def test_ctc_review_section_shows_threshold_curve_and_patient_rates(tmp_path):

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from hemoprofile.io import atomic_output
-from hemoprofile.review.rates import proportion_interval, rate_per_million
+from hemoprofile.rates import proportion_interval, rate_per_million
 
 METHODS = ("isotonic", "platt")
 

@@ -1,9 +1,9 @@
-"""Exact intervals (hemoprofile.review.rates) against values computed by hand / known tables."""
+"""Exact intervals (hemoprofile.rates) against values computed by hand / known tables."""
 
 import numpy as np
 import pytest
 
-from hemoprofile.review.rates import poisson_interval, proportion_interval, rate_per_million
+from hemoprofile.rates import poisson_interval, proportion_interval, rate_per_million
 
 
 def test_garwood_interval_matches_the_published_table():

@@ -1,9 +1,9 @@
-"""Review CSVs read back (hemoprofile.review.decisions): accepted spellings and clear errors."""
+"""Review CSVs read back (hemoprofile.io.ctc_review): accepted spellings and clear errors."""
 
 import pandas as pd
 import pytest
 
-from hemoprofile.review.decisions import read_review, review_counts
+from hemoprofile.io.ctc_review import read_review, review_counts
 
 
 def _csv(tmp_path, text):

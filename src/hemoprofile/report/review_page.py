@@ -2,7 +2,8 @@
 as ``data:`` URIs, style and script inline; it requests nothing) listing the slide's candidates with the
 patch of each in every channel and a false-colour composite, sortable by any column, where a reviewer
 marks each candidate CTC / not CTC / unsure, adds a note, and exports the decisions as
-``<slide>.csv`` (:data:`hemoprofile.review.decisions.REVIEW_COLUMNS`) to put in the reviews folder.
+``<slide>.csv`` (:data:`hemoprofile.io.ctc_review.REVIEW_COLUMNS`) to put in the reviews folder. Its style
+sheet and script are ``static/review.css`` and ``static/review.js``, inlined like the report's.
 
 Decisions are kept in the browser's local storage under the slide and its candidate set, so closing the
 page does not lose them; a page rebuilt with other candidates starts empty. A second click on the
@@ -20,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from hemoprofile.io import atomic_output
+from hemoprofile.io.ctc_review import DECISIONS
 from hemoprofile.io.patches import open_patch_array, read_patch_rows
 from hemoprofile.report.html import esc, fmt, rgb_uri
 from hemoprofile.report.images import display_composite
-from hemoprofile.review.decisions import DECISIONS
 from hemoprofile.vocabulary import to_unit
 
 #: Columns shown (candidates.parquet name -> header), numeric unless listed in _TEXT.
@@ -35,7 +36,7 @@ _LABELS = {"CTC": "CTC", "not_CTC": "not CTC", "unsure": "unsure"}
 
 
 def _static(name: str) -> str:
-    return importlib.resources.files("hemoprofile.review").joinpath("static", name).read_text(encoding="utf-8")
+    return importlib.resources.files("hemoprofile.report").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def _grey_uri(unit: np.ndarray) -> str:

@@ -1,5 +1,6 @@
-"""A reviewer's decisions on a slide's CTC candidates: the CSV the review page exports
-(``reviews/<slide>.csv``), read back and checked.
+"""The CTC review's files: a slide's candidates (``candidates.parquet``, written by
+:mod:`hemoprofile.classify.candidates`) and a reviewer's decisions on them, the CSV the review page
+exports (``reviews/<slide>.csv``), read back and checked.
 
 Columns: ``slide``, ``cell_id``, ``decision`` (one of :data:`DECISIONS`), and optionally ``note``,
 ``reviewer`` and ``time`` (ISO 8601). One row per reviewed cell; candidates the reviewer left
@@ -8,11 +9,16 @@ undecided are simply absent. Every error names the file and the offending rows.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hemoprofile.io.atomic import atomic_output
 
 #: Allowed decisions, as the page writes them.
 DECISIONS = ("CTC", "not_CTC", "unsure")
@@ -112,3 +118,26 @@ def review_counts(review: pd.DataFrame | None, candidate_ids: Iterable[int]) -> 
     return {"reviewed": len(review), "reviewed_ctc": int((decision == "CTC").sum()),
             "reviewed_not_ctc": int((decision == "not_CTC").sum()), "unsure": int((decision == "unsure").sum()),
             "unreviewed": int((~np.isin(candidates, ids)).sum()), "reviewed_outside": int((~np.isin(ids, candidates)).sum())}
+
+
+def write_candidates(table: pd.DataFrame, path: str | os.PathLike, **metadata) -> None:
+    """Write a candidate table atomically with ``metadata`` (threshold, its source) in the schema."""
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = dict(arrow.schema.metadata or {})
+    meta[b"hemoprofile"] = json.dumps(metadata, default=float).encode()
+    with atomic_output(path) as tmp:
+        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
+
+
+def read_candidates(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a candidates.parquet (only ``columns`` when given) with an error naming the file."""
+    try:
+        return pq.read_table(path, columns=columns).to_pandas()
+    except Exception as err:  # pyarrow raises several types for a missing or broken file
+        raise ValueError(f"{path}: not a readable candidates table ({err})") from err
+
+
+def candidates_metadata(path: str | os.PathLike) -> dict:
+    """The ``hemoprofile`` metadata :func:`write_candidates` stored (threshold, its source)."""
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(b"hemoprofile", b"{}"))

@@ -1,4 +1,4 @@
-"""CTC candidates of a slide (hemoprofile.review.candidates): who passes, in what order, with which
+"""CTC candidates of a slide (hemoprofile.classify.candidates): who passes, in what order, with which
 columns, read in batches."""
 
 import numpy as np
@@ -6,8 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 from helpers.review_slides import write_review_slide
 
-from hemoprofile.review import candidates as cand
-from hemoprofile.review.calibration import fit_calibration
+from hemoprofile.classify import candidates as cand
+from hemoprofile.io.ctc_review import candidates_metadata, read_candidates, write_candidates
+from hemoprofile.classify.calibration import fit_calibration
 
 
 def test_candidates_are_the_cells_over_the_threshold_ranked_by_score(tmp_path, monkeypatch):
@@ -27,9 +28,9 @@ def test_candidates_are_the_cells_over_the_threshold_ranked_by_score(tmp_path, m
     assert (table["mean_CK"] == 900).all() and "area_um2" in table
 
     out = tmp_path / "candidates.parquet"
-    cand.write_candidates(table, out, threshold=0.5, source="config")
-    assert cand.candidates_metadata(out) == {"threshold": 0.5, "source": "config"}
-    assert cand.read_candidates(out)["cell_id"].tolist() == paths["ctc_ids"]
+    write_candidates(table, out, threshold=0.5, source="config")
+    assert candidates_metadata(out) == {"threshold": 0.5, "source": "config"}
+    assert read_candidates(out)["cell_id"].tolist() == paths["ctc_ids"]
 
 
 def test_lower_threshold_adds_leukocytes_and_no_calibration_gives_nan(tmp_path):

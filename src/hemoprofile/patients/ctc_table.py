@@ -16,9 +16,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from hemoprofile.io import atomic_output
-from hemoprofile.review.candidates import read_candidates
-from hemoprofile.review.decisions import read_review, review_counts
-from hemoprofile.review.rates import rate_per_million
+from hemoprofile.io.ctc_review import read_candidates, read_review, review_counts
+from hemoprofile.rates import rate_per_million
 
 #: Columns of the table, in order, with their meaning (the report's "CTC review" section shows them).
 COLUMNS = {

@@ -1,5 +1,5 @@
 """Threshold for a target false-candidate rate and calibrated probabilities
-(hemoprofile.review.calibration) on generated score sets of known distribution."""
+(hemoprofile.classify.calibration) on generated score sets of known distribution."""
 
 import json
 
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hemoprofile.review.calibration import (
+from hemoprofile.classify.calibration import (
     apply_calibration,
     calibrate_and_choose,
     choose_threshold,
@@ -92,7 +92,7 @@ def test_held_out_patients_come_from_the_classifier_split(tmp_path):
 def test_calibrate_ctc_stage_uses_the_classifier_held_out_patients(tmp_path):
     from helpers.review_slides import write_review_slide
 
-    from hemoprofile.review.calibration import calibrate_ctc, read_calibration
+    from hemoprofile.classify.calibration import calibrate_ctc, read_calibration
 
     slides = []
     for slide, patient, seed in (("V1", "PV", 0), ("T1", "PT", 1), ("X1", "PX", 2)):

@@ -6,7 +6,7 @@ Columns (one row per candidate, best first):
 * ``slide``, ``cell_id`` (the key everywhere), ``rank`` (1 = highest score), ``row`` (the cell's row in
   cells.parquet / patches.zarr, so the review page finds its patch without a join);
 * ``p_ctc_CTC`` (the ctc classifier's score) and ``p_ctc_calibrated`` (the calibrated probability,
-  :mod:`hemoprofile.review.calibration`; NaN without a calibration);
+  :mod:`hemoprofile.classify.calibration`; NaN without a calibration);
 * position (``y``, ``x`` px and ``y_um``, ``x_um``) and the features of :data:`REVIEW_FEATURES` that the
   slide's cells.parquet has (size, shape, marker intensities);
 * ``gate_label`` and ``gate_ctc`` (the CK+ CD45- DAPI+ gate's verdict, :mod:`hemoprofile.features.gating`;
@@ -15,12 +15,12 @@ Columns (one row per candidate, best first):
 
 Memory: a 3 M-cell slide is read in record batches (:data:`BATCH_ROWS` rows) and only the columns
 named here, so what is held is one batch plus the candidates. The threshold and where it came from
-go into the file's metadata (``hemoprofile`` key).
+go into the file's metadata (``hemoprofile`` key); reading and writing the file is
+:mod:`hemoprofile.io.ctc_review`'s.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 
@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hemoprofile.io import atomic_output
+from hemoprofile.io.ctc_review import write_candidates
 
 #: Score column of the ctc classifier in predictions.parquet.
 SCORE = "p_ctc_CTC"
@@ -109,7 +109,7 @@ def candidate_table(slide: str, cells_path: str | os.PathLike, predictions_path:
     threshold : candidates have ``p_ctc_CTC >= threshold``.
     clusters_path : the slide's clusters.parquet (for ``cluster_size``); None: sizes from the
         candidates' own cluster ids are not known and ``cluster_size`` is 1 for clustered cells too.
-    calibration : a calibration (:func:`hemoprofile.review.calibration.fit_calibration`) that gives
+    calibration : a calibration (:func:`hemoprofile.classify.calibration.fit_calibration`) that gives
         ``p_ctc_calibrated``; None: NaN.
     gate_column, gate_label : the gating column of cells.parquet and the label of its CTC gate.
 
@@ -130,7 +130,7 @@ def candidate_table(slide: str, cells_path: str | os.PathLike, predictions_path:
                           "row": chosen["row"].to_numpy(np.int64),
                           SCORE: chosen[SCORE].to_numpy(np.float32)})
     if calibration is not None:
-        from hemoprofile.review.calibration import apply_calibration
+        from hemoprofile.classify.calibration import apply_calibration
 
         table["p_ctc_calibrated"] = apply_calibration(calibration, table[SCORE].to_numpy()).astype(np.float32)
     else:
@@ -163,29 +163,6 @@ def _cluster_sizes(clusters_path, cluster_ids: np.ndarray) -> np.ndarray:
     return sizes
 
 
-def write_candidates(table: pd.DataFrame, path: str | os.PathLike, **metadata) -> None:
-    """Write a candidate table atomically with ``metadata`` (threshold, its source) in the schema."""
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    meta = dict(arrow.schema.metadata or {})
-    meta[b"hemoprofile"] = json.dumps(metadata, default=float).encode()
-    with atomic_output(path) as tmp:
-        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
-
-
-def read_candidates(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a candidates.parquet (only ``columns`` when given) with an error naming the file."""
-    try:
-        return pq.read_table(path, columns=columns).to_pandas()
-    except Exception as err:  # pyarrow raises several types for a missing or broken file
-        raise ValueError(f"{path}: not a readable candidates table ({err})") from err
-
-
-def candidates_metadata(path: str | os.PathLike) -> dict:
-    """The ``hemoprofile`` metadata :func:`write_candidates` stored (threshold, its source)."""
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta.get(b"hemoprofile", b"{}"))
-
-
 def slide_candidates(slide: str, cells_path: str | os.PathLike, predictions_path: str | os.PathLike,
                      out: str | os.PathLike, *, threshold: float | str = "auto",
                      calibration_path: str | os.PathLike | None = None,
@@ -193,10 +170,10 @@ def slide_candidates(slide: str, cells_path: str | os.PathLike, predictions_path
     """The ``ctc_candidates`` stage: one slide's candidates.parquet.
 
     ``threshold`` is a ``p_ctc_CTC`` value, or ``"auto"``: the threshold (and the calibration giving
-    ``p_ctc_calibrated``) of ``calibration_path`` (:func:`hemoprofile.review.calibration.calibrate_ctc`).
+    ``p_ctc_calibrated``) of ``calibration_path`` (:func:`hemoprofile.classify.calibration.calibrate_ctc`).
     Returns the table written.
     """
-    from hemoprofile.review.calibration import read_calibration
+    from hemoprofile.classify.calibration import read_calibration
 
     calibration = None
     if threshold == "auto":

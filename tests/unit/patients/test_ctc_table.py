@@ -1,12 +1,13 @@
-"""The cohort CTC table (hemoprofile.review.cohort): counts per slide and patient, reviewed vs raw,
+"""The cohort CTC table (hemoprofile.patients.ctc_table): counts per slide and patient, reviewed vs raw,
 and the Garwood interval."""
 
 import pandas as pd
 import pytest
 from helpers.review_slides import write_review_slide
 
-from hemoprofile.review.candidates import candidate_table, write_candidates
-from hemoprofile.review.cohort import COLUMNS, ctc_cohort_table
+from hemoprofile.classify.candidates import candidate_table
+from hemoprofile.io.ctc_review import write_candidates
+from hemoprofile.patients.ctc_table import COLUMNS, ctc_cohort_table
 
 
 def test_reviewed_slides_count_reviewed_ctcs_and_patients_pool_their_slides(tmp_path):
