@@ -2,8 +2,8 @@
 tests/helpers/cdp_pipe.py) opens review.html from disk, the test clicks decisions with the mouse as a
 reviewer does, types a note and the reviewer's name, sorts a column, clicks Export, and checks the
 downloaded CSV: its rows, and that the workflow reads it back (hemoprofile.io.ctc_review) and the
-patient aggregation then counts the cells marked CTC. The page must request nothing but itself and
-write no console message.
+patient aggregation then counts the cells marked CTC; then a fresh browser loads that CSV back into the
+page. The page must request nothing but itself and write no console message.
 
 Chromium as in test_report_chromium.py: in CI (CI=true) a missing browser is installed with apt-get and
 the test fails if that is impossible; elsewhere it is skipped with the reason.
@@ -121,3 +121,26 @@ def test_review_page_clicks_export_and_round_trip(chromium_path, tmp_path):
     before = aggregate_patients(samples, {"S1": files}, cell_type_names=types)[0].iloc[0]
     after = aggregate_patients(samples, {"S1": {**files, "review": str(csv_path)}}, cell_type_names=types)[0].iloc[0]
     assert (before["ctc_count"], after["ctc_count"]) == (6, 2)
+
+    # a reviewer elsewhere (a fresh browser: no stored decisions) loads the CSV back and goes on
+    carried = tmp_path / "carried.csv"
+    carried.write_text(csv_path.read_text() + "S2,5,CTC,,ana,\n")  # another slide's row is skipped
+    browser = Chromium(chromium_path, width=1400, height=1000)
+    try:
+        for domain in ("Page", "Runtime", "Log"):
+            browser.page(f"{domain}.enable")
+        browser.page("Page.navigate", {"url": page.resolve().as_uri()})
+        assert browser.wait_for("document.body && document.body.dataset.reviewScript === 'ready'", timeout=30)
+        assert browser.evaluate("document.body.dataset.decided") == "0"
+        document = browser.page("DOM.getDocument")
+        node = browser.page("DOM.querySelector", {"nodeId": document["root"]["nodeId"], "selector": "#load"})
+        browser.page("DOM.setFileInputFiles", {"nodeId": node["nodeId"], "files": [str(carried)]})
+        assert browser.wait_for("document.body.dataset.loaded", timeout=30) == "4"
+        assert browser.evaluate("document.body.dataset.decided") == "4"
+        assert "skipped 1" in browser.evaluate("document.getElementById('loaded').textContent")
+        assert browser.evaluate(f"document.querySelector('{row(ids[4])}').dataset.decision") == "CTC"
+        assert browser.evaluate(f"document.querySelector('{row(ids[0])} td.note input').value") == 'round, "bright" CK'
+        assert browser.evaluate("document.getElementById('reviewer').value") == "ana"
+        assert browser.console_problems() == []
+    finally:
+        browser.close()

@@ -6,7 +6,8 @@ marks each candidate CTC / not CTC / unsure, adds a note, and exports the decisi
 sheet and script are ``static/review.css`` and ``static/review.js``, inlined like the report's.
 
 Decisions are kept in the browser's local storage under the slide and its candidate set, so closing the
-page does not lose them; a page rebuilt with other candidates starts empty. A second click on the
+page does not lose them; a page rebuilt with other candidates starts empty, and an exported CSV can be
+loaded back into it (decisions on cells not on the page are skipped and counted). A second click on the
 chosen button clears a decision; undecided candidates are not exported.
 """
 
@@ -113,9 +114,12 @@ def review_page_html(slide: str, candidates: pd.DataFrame, patches_path: str | o
 <div class="bar"><label>Reviewer <input id="reviewer" type="text" size="12"></label>
 <span id="progress"></span>
 <button type="button" id="export" class="export">Export decisions (CSV)</button>
-<button type="button" id="clear">Clear all</button></div></header>
+<button type="button" id="clear">Clear all</button>
+<label>Load decisions (CSV) <input id="load" type="file" accept=".csv,text/csv"></label>
+<span id="loaded"></span></div></header>
 <main><p class="help">Mark each candidate <b>CTC</b>, <b>not CTC</b> or <b>unsure</b> (a second click clears it);
-click a column header to sort. Decisions stay in this browser until you export them: <b>Export</b> downloads
+click a column header to sort. Decisions stay in this browser until you export them (<b>Load</b> takes an exported CSV back, to go on
+reviewing elsewhere): <b>Export</b> downloads
 <code>{esc(slide)}.csv</code>; put it in the workflow's reviews folder (<code>reviews/{esc(slide)}.csv</code> beside
 the sample sheet, or <code>ctc.reviews</code>) and rerun: the patient table then counts the cells marked CTC
 (unsure and undecided candidates are not counted). Patches: {len(channels)} channels, each shown alone (grey)

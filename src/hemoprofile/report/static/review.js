@@ -62,6 +62,38 @@
     document.body.appendChild(a); a.click(); a.remove();
     setTimeout(function () { URL.revokeObjectURL(url); }, 1000);
   }
+  function parseCsv(text) {  // RFC 4180: quoted fields may hold commas, quotes ("") and newlines
+    var records = [], record = [], field = "", quoted = false, i, c;
+    for (i = 0; i < text.length; i += 1) {
+      c = text[i];
+      if (quoted) {
+        if (c === '"' && text[i + 1] === '"') { field += '"'; i += 1; } else if (c === '"') { quoted = false; } else { field += c; }
+      } else if (c === '"') { quoted = true; } else if (c === ",") { record.push(field); field = ""; } else if (c === "\n" || c === "\r") {
+        if (c === "\r" && text[i + 1] === "\n") { i += 1; }
+        record.push(field); records.push(record); record = []; field = "";
+      } else { field += c; }
+    }
+    if (field !== "" || record.length) { record.push(field); records.push(record); }
+    return records.filter(function (r) { return r.length > 1 || r[0] !== ""; });
+  }
+  function loadCsv(text) {
+    var records = parseCsv(text), head = records.shift() || [];
+    var col = {}; head.forEach(function (h, k) { col[h.trim()] = k; });
+    var onPage = {}; rows.forEach(function (tr) { onPage[tr.dataset.cellId] = true; });
+    var loaded = 0, skipped = 0, names = { "ctc": "CTC", "not_ctc": "not_CTC", "not ctc": "not_CTC", "unsure": "unsure" };
+    records.forEach(function (r) {
+      var id = String(Number(r[col.cell_id])), decision = names[String(r[col.decision] || "").trim().toLowerCase()];
+      if (String(r[col.slide]).trim() !== slide || !onPage[id] || !decision) { skipped += 1; return; }
+      state[id] = { decision: decision, note: col.note !== undefined ? r[col.note] : "", time: col.time !== undefined ? r[col.time] : "" };
+      loaded += 1;
+    });
+    var reviewer = document.getElementById("reviewer");
+    if (col.reviewer !== undefined && records.length && !reviewer.value) { reviewer.value = records[0][col.reviewer] || ""; }
+    save(); rows.forEach(show); count();
+    document.getElementById("loaded").textContent = "loaded " + loaded + " decision(s)" + (skipped ? ", skipped " + skipped +
+      " (another slide, a cell not on this page, or an unknown decision)" : "");
+    body.dataset.loaded = String(loaded);
+  }
   function sortBy(th) {
     var table = document.getElementById("candidates");
     var index = Array.prototype.indexOf.call(th.parentNode.children, th);
@@ -96,6 +128,13 @@
     th.addEventListener("click", function () { sortBy(th); });
   });
   document.getElementById("export").addEventListener("click", exportCsv);
+  document.getElementById("load").addEventListener("change", function (e) {
+    var file = e.target.files && e.target.files[0];
+    if (!file) { return; }
+    var reader = new FileReader();
+    reader.onload = function () { loadCsv(String(reader.result)); e.target.value = ""; };
+    reader.readAsText(file);
+  });
   document.getElementById("clear").addEventListener("click", function () {
     if (window.confirm("Clear every decision on this page?")) { state = {}; save(); rows.forEach(show); count(); }
   });
