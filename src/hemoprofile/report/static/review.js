@@ -112,6 +112,13 @@
     }).forEach(function (tr) { tbody.appendChild(tr); });
   }
 
+  function pinHeader() {  // the table's header row sticks just below the page header, whatever its height
+    document.documentElement.style.setProperty("--head", document.querySelector("header").offsetHeight + "px");
+  }
+  pinHeader();
+  window.addEventListener("resize", pinHeader);
+  window.addEventListener("load", pinHeader);
+  if (window.ResizeObserver) { new ResizeObserver(pinHeader).observe(document.querySelector("header")); }
   load();
   rows.forEach(function (tr) {
     show(tr);
