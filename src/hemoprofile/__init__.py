@@ -14,9 +14,10 @@ STAGE_VERSIONS = {
     "ingest": 1,
     "classify": 1,
     "embed": 2,
-    "patients": 1,
+    "patients": 2,
     "report": 2,
     "export": 1,
     "view": 1,
     "interaction": 1,
+    "review": 1,
 }

@@ -277,7 +277,8 @@ def make_report_inputs(root: str | Path, *, intensity_scale: dict[str, float] | 
                         embedding_metrics=str(emb / "metrics.json"), embedding_figures=figures,
                         clusters_by_condition=str(emb / "clusters_by_condition.parquet"),
                         benchmarks_dir=str(bench), provenance=provenance, **patient_paths,
-                        **interaction_files(root / "cohort" / "interaction", sheet))
+                        **interaction_files(root / "cohort" / "interaction", sheet),
+                        **_ctc_review_files(root, samples))
 
 
 def interaction_files(folder: Path, sheet: dict) -> dict:
@@ -306,3 +307,29 @@ def interaction_files(folder: Path, sheet: dict) -> dict:
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return {"interaction_metrics": str(folder / "metrics.json"),
             "interaction_predictions": str(folder / "predictions.parquet")}
+
+
+def _ctc_review_files(root: Path, samples: pd.DataFrame) -> dict[str, str]:
+    """The CTC review inputs: a calibration JSON, its reliability diagram and the cohort CTC table, made
+    by hemoprofile.classify.calibration from fabricated scores and counts."""
+    from hemoprofile.classify.calibration import calibrate_and_choose, write_calibration
+    from hemoprofile.rates import rate_per_million
+
+    rng = np.random.default_rng(3)
+    scores = np.concatenate([rng.beta(1, 30, 4000), rng.beta(8, 2, 40)])
+    cells = pd.DataFrame({"score": scores, "is_ctc": np.arange(len(scores)) >= 4000})
+    result, curve = calibrate_and_choose(cells, cells, 10.0)
+    result.update(validation_patients=["P1"], test_patients=["P3"])
+    cohort = root / "cohort"
+    cohort.mkdir(parents=True, exist_ok=True)
+    write_calibration(result, curve, cohort / "ctc_calibration.json", cohort / "ctc_calibration_curve.tsv")
+    patients = samples.groupby(["patient", "condition"], as_index=False).size()
+    table = pd.DataFrame({"level": "patient", "patient": patients["patient"], "slide": "",
+                          "condition": patients["condition"], "n_cells": 5000, "candidates": 3, "reviewed": 2,
+                          "reviewed_ctc": 1, "reviewed_not_ctc": 1, "unsure": 0, "unreviewed": 1,
+                          "reviewed_slides": 1, "ctc_count": 1, "n_leukocytes": 4999})
+    rate, low, high = rate_per_million(table["ctc_count"], table["n_leukocytes"])
+    table["ctc_per_million"], table["ctc_per_million_low"], table["ctc_per_million_high"] = rate, low, high
+    table.to_csv(cohort / "ctc_review.tsv", sep="\t", index=False)
+    return {"ctc_table": str(cohort / "ctc_review.tsv"), "ctc_calibration": str(cohort / "ctc_calibration.json"),
+            "ctc_calibration_curve": str(cohort / "ctc_calibration_curve.tsv")}

@@ -175,7 +175,7 @@ def test_patient_level_outputs_and_report(tiny_run):
     assert set(metrics["stages"]) == {"disease", "subtype", "overall"} and metrics["n_unlabelled"] == 1
     html = (cohort / "report.html").read_text()
     for section in ("summary", "qc", "composition", "classifiers", "latent", "rare_events", "interaction",
-                    "patients", "importances"):
+                    "ctc_review", "patients", "importances"):
         assert f'id="{section}"' in html, section
     # the interaction stage: 8 windows per slide predicted out of fold, its columns in the patient table
     # (described) but not among the patient model's features (interaction.patient_model is false)
@@ -232,3 +232,47 @@ def test_changing_one_preprocess_parameter_reruns_only_preprocess(tiny_run):
         assert planned_jobs(workdir) == {}
     finally:
         write_config(workdir, TINY_CONFIG)
+
+
+@pytest.mark.slow
+def test_a_review_file_reruns_only_aggregation_and_what_follows(tiny_run):
+    """The CTC review round trip in the workflow: a reviews/<slide>.csv beside the sample sheet changes the
+    patient's CTC count and reruns only aggregate_patients, ctc_table and their dependants; a malformed
+    one stops the run naming the file."""
+    import pandas as pd
+
+    workdir, _ = tiny_run
+    snakemake(workdir)  # up to date whatever ran before (the preprocess test restores its config)
+    assert planned_jobs(workdir) == {}
+    results = workdir / "results"
+    counts = {s: len(pd.read_parquet(results / s / "candidates.parquet")) for s in TINY_SLIDES}
+    slide = max(counts, key=counts.get)
+    assert counts[slide] >= 1, counts
+    candidates = pd.read_parquet(results / slide / "candidates.parquet")
+    patient = pd.read_csv(results / "synthetic" / "samples.tsv", sep="\t").set_index("slide").loc[slide, "patient"]
+    before = pd.read_parquet(results / "cohort" / "patients.parquet").set_index("patient").loc[patient, "ctc_count"]
+    reviews = workdir / "config" / "reviews"
+    reviews.mkdir(exist_ok=True)
+    review = reviews / f"{slide}.csv"
+    decisions = ["not_CTC"] + ["CTC"] * (len(candidates) - 1)
+    pd.DataFrame({"slide": slide, "cell_id": candidates["cell_id"], "decision": decisions}).to_csv(review, index=False)
+    try:
+        jobs = planned_jobs(workdir)
+        assert set(jobs) == {"aggregate_patients", "ctc_table", "train_patient_model", "predict_patients", "report",
+                             "all"}, jobs
+        snakemake(workdir)
+        after = pd.read_parquet(results / "cohort" / "patients.parquet").set_index("patient").loc[patient]
+        assert after["ctc_count"] == before - 1 and after["ctc_reviewed_slides"] == 1
+        table = pd.read_csv(results / "cohort" / "ctc_review.tsv", sep="\t")
+        row = table[(table["level"] == "slide") & (table["slide"] == slide)].iloc[0]
+        assert (row["reviewed_not_ctc"], row["reviewed_ctc"]) == (1, len(candidates) - 1)
+        assert planned_jobs(workdir) == {}
+
+        review.write_text(f"slide,cell_id,decision\n{slide},{int(candidates['cell_id'][0])},perhaps\n")
+        failed = snakemake(workdir, check=False)
+        assert failed.returncode != 0
+        assert f"{slide}.csv: unknown decision(s) ['perhaps']" in failed.stdout + failed.stderr + "".join(
+            p.read_text() for p in (results / "logs").glob("aggregate_patients.log"))
+    finally:
+        review.unlink()
+        snakemake(workdir)

@@ -238,12 +238,15 @@ def patient_cell_types():
 
 
 def patient_slide_inputs(wildcards):
-    """Every row's cells and predictions (slides and collections); the slides' embeddings; the interaction
+    """Every row's cells and predictions (slides and collections); the slides' embeddings; with the ctc
+    task, the slides' CTC candidates and the review CSVs that exist (review_files); the interaction
     stage's per-slide totals and window predictions when it is on."""
     inputs = {
         "cells": expand(f"{RESULTS}/{{slide}}/cells.parquet", slide=ROWS),
         "predictions": expand(f"{RESULTS}/{{slide}}/predictions.parquet", slide=ROWS),
         "embeddings": expand(f"{RESULTS}/{{slide}}/embedding.parquet", slide=SLIDES),
+        "candidates": expand(f"{RESULTS}/{{slide}}/candidates.parquet", slide=CTC_SLIDES),
+        "reviews": list(review_files().values()),
     }
     if INTERACTION_ON:  # the interaction_* columns
         inputs["interaction_slides"] = f"{INTERACTION_DIR}/slides.parquet"
@@ -344,6 +347,11 @@ def report_inputs(wildcards):
     if INTERACTION_ON:
         inputs["interaction_metrics"] = f"{INTERACTION_DIR}/metrics.json"
         inputs["interaction_predictions"] = f"{INTERACTION_DIR}/predictions.parquet"
+    if CTC_SLIDES:
+        inputs["ctc_table"] = f"{COHORT}/ctc_review.tsv"
+        if CTC_AUTO:
+            inputs["ctc_calibration"] = CTC_CALIBRATION
+            inputs["ctc_calibration_curve"] = f"{COHORT}/ctc_calibration_curve.tsv"
     return inputs
 
 
@@ -370,6 +378,59 @@ def all_outputs():
         outputs.append(f"{COLLECTION_DEMO_DIR}/samples.tsv")
     outputs += interaction_outputs()
     outputs += [f"{COHORT}/patients.parquet", f"{COHORT}/patient_predictions.parquet", f"{COHORT}/report.html"]
+    outputs += ctc_outputs()
+    return outputs
+
+
+# --- CTC candidates and their review (rules in review.smk) ---
+
+CTC_REVIEW = config["ctc"]
+REVIEW_VERSION = stage_version("review")
+# Slides that get candidates: every image slide when the ctc classifier runs (collections have no CTCs).
+CTC_SLIDES = SLIDES if "ctc" in CLASSIFY_TASKS else []
+CTC_AUTO = CTC_REVIEW["candidate_threshold"] == "auto"
+CTC_CALIBRATION = f"{RESULTS}/models/ctc_calibration.json"
+REVIEWS_DIR = CTC_REVIEW["reviews"] or os.path.join(os.path.dirname(config["samples"]) or ".", "reviews")
+
+
+def review_files():
+    """Slide -> its review CSV (<REVIEWS_DIR>/<slide>.csv) for the slides that have one now. A file is an
+    input of aggregate_patients and ctc_table only, so adding or editing one reruns just those and what
+    follows."""
+    return {s: f"{REVIEWS_DIR}/{s}.csv" for s in CTC_SLIDES if os.path.isfile(f"{REVIEWS_DIR}/{s}.csv")}
+
+
+def ctc_calibration_inputs(wildcards):
+    """The ctc classifier's metrics (its held-out patients), every slide's cells and predictions, and what
+    the label source needs for their truth."""
+    if CLASSIFY["models"].get("ctc"):
+        raise WorkflowError(
+            "ctc.candidate_threshold is 'auto', which chooses the threshold on the held-out patients of a ctc "
+            "classifier the workflow trains; classify.models.ctc names a ready model: set a number instead"
+        )
+    inputs = classifier_training_inputs(wildcards)
+    del inputs["patches"]
+    inputs["metrics"] = f"{RESULTS}/models/classifier_ctc.metrics.json"
+    inputs["predictions"] = expand(f"{RESULTS}/{{slide}}/predictions.parquet", slide=SLIDES)
+    return inputs
+
+
+def ctc_candidate_inputs(wildcards):
+    """A slide's cells, predictions and clusters, plus the calibration when the threshold is 'auto'."""
+    inputs = {name: f"{RESULTS}/{wildcards.slide}/{name}.parquet" for name in ("cells", "predictions", "clusters")}
+    if CTC_AUTO:
+        inputs["calibration"] = CTC_CALIBRATION
+    return inputs
+
+
+def ctc_outputs():
+    """Every slide's candidates and review page, the cohort CTC table, the calibration (for rule all)."""
+    if not CTC_SLIDES:
+        return []
+    outputs = [f"{RESULTS}/{s}/{name}" for s in CTC_SLIDES for name in ("candidates.parquet", "review.html")]
+    outputs.append(f"{COHORT}/ctc_review.tsv")
+    if CTC_AUTO:
+        outputs.append(CTC_CALIBRATION)
     return outputs
 
 

@@ -16,6 +16,8 @@ rule aggregate_patients:
     params:
         samples=aggregate_samples(),
         embedded=SLIDES,
+        candidate_slides=CTC_SLIDES,
+        review_slides=lambda wildcards: list(review_files()),
         cell_types=patient_cell_types(),
         interaction=INTERACTION_ON,
         version=PATIENTS_VERSION,

@@ -12,6 +12,11 @@ files = {slide: {"cells": cells, "predictions": predictions}
          for slide, cells, predictions in zip(samples["slide"], snakemake.input.cells, snakemake.input.predictions)}
 for slide, embedding in zip(snakemake.params.embedded, snakemake.input.embeddings):
     files[slide]["embedding"] = embedding
+# with the ctc task: the CTC candidates, and a reviewer's decisions where a review CSV exists
+for slide, candidates in zip(snakemake.params.candidate_slides, snakemake.input.candidates):
+    files[slide]["candidates"] = candidates
+for slide, review in zip(snakemake.params.review_slides, snakemake.input.reviews):
+    files[slide]["review"] = review
 table, notes = aggregate_patients(samples, files, cell_type_names=snakemake.params.cell_types, progress=progress)
 if snakemake.params.interaction:  # interaction_* columns from the interaction stage
     table = add_interaction_features(table, pd.read_parquet(snakemake.input.interaction_slides),

@@ -36,6 +36,9 @@ result = build_report(
         truth_cells=inputs.get("truth_cells"),
         interaction_metrics=inputs.get("interaction_metrics"),
         interaction_predictions=inputs.get("interaction_predictions"),
+        ctc_table=inputs.get("ctc_table"),
+        ctc_calibration=inputs.get("ctc_calibration"),
+        ctc_calibration_curve=inputs.get("ctc_calibration_curve"),
     ),
     snakemake.output.html,
 )

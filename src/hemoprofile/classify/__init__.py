@@ -9,7 +9,10 @@ Modules:
 - :mod:`~hemoprofile.classify.training`: fitting a CellNet, a task end to end, the ``train_classifier`` stage;
 - :mod:`~hemoprofile.classify.checkpoints`: model files (save, load, model id);
 - :mod:`~hemoprofile.classify.inference`: probabilities, channel matching, the ``classify`` stage;
-- :mod:`~hemoprofile.classify.metrics`: accuracy, balanced accuracy, macro F1, confusion matrix.
+- :mod:`~hemoprofile.classify.metrics`: accuracy, balanced accuracy, macro F1, confusion matrix;
+- :mod:`~hemoprofile.classify.calibration`: the ctc classifier's calibrated probability and the CTC
+  candidate threshold chosen on its held-out patients (the ``calibrate_ctc`` stage);
+- :mod:`~hemoprofile.classify.candidates`: a slide's CTC candidates (the ``ctc_candidates`` stage).
 
 Tasks (:data:`hemoprofile.vocabulary.TASKS`) map a cell type to the class a classifier predicts:
 ``lineage`` (lymphoid vs myeloid), ``immune5`` (T, B, NK, granulocyte, monocyte), ``immune6`` (CD4_T,

@@ -71,27 +71,61 @@ def _parquet_info(path: str) -> tuple[list[str], int, pa.Schema]:
     return list(schema.names), int(meta.num_rows), schema
 
 
-def _read_types(path: str, names: Sequence[str], with_ids: bool = True) -> tuple[pd.DataFrame, pd.Categorical, str]:
+def _read_types(path: str, names: Sequence[str], with_ids: bool = True, with_ctc: bool = True
+                ) -> tuple[pd.DataFrame, pd.Categorical, str]:
     """A predictions table's ``cell_id`` and its cells' types (categorical), reading only the columns
-    :func:`hemoprofile.vocabulary.cell_types` needs, strings dictionary-encoded (a byte per cell)."""
+    :func:`hemoprofile.vocabulary.cell_types` needs, strings dictionary-encoded (a byte per cell).
+    ``with_ctc`` False: the immune type only (``pred_ctc`` not read; ``leukocyte`` when the table has
+    no immune task), for slides whose CTCs come from candidates or a review instead."""
     type_columns = cell_type_columns(names)
     if not type_columns:
         cell_types_categorical(pd.DataFrame(columns=list(names)))  # raises the error naming the columns
+    if not with_ctc:
+        type_columns = [c for c in type_columns if c != "pred_ctc"]
     columns = (["cell_id"] if with_ids and "cell_id" in names else []) + type_columns
     predictions = pq.read_table(path, columns=columns, read_dictionary=type_columns).to_pandas()
+    if not type_columns:  # a ctc-only table: every cell a leukocyte until candidates or a review say otherwise
+        n = len(predictions) if columns else pq.read_metadata(path).num_rows
+        return predictions, pd.Categorical.from_codes(np.zeros(n, np.int64), ["leukocyte"]), "ctc"
     types, task = cell_types_categorical(predictions)
     return predictions, types, task
 
 
-def _slide_cells(slide: str, files: Mapping[str, str], morphology: Mapping[str, np.dtype]) -> pd.DataFrame:
+def _counted_ctc(slide: str, files: Mapping[str, str], cell_ids: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Which of a slide's cells count as CTC when it has ``candidates`` (candidates.parquet): the cells a
+    reviewer marked CTC where the slide has a ``review`` CSV, else every candidate. Returns the mask and
+    the review's counts (:func:`hemoprofile.io.ctc_review.review_counts`; empty without a review)."""
+    from hemoprofile.io.ctc_review import read_candidates, read_review, review_counts
+
+    candidates = read_candidates(files["candidates"], ["cell_id"])["cell_id"].to_numpy(np.int64)
+    if not files.get("review"):
+        return np.isin(cell_ids, candidates), {}
+    review = read_review(files["review"], slide, cell_ids)
+    reviewed_ctc = review.loc[review["decision"] == "CTC", "cell_id"].to_numpy(np.int64)
+    return np.isin(cell_ids, reviewed_ctc), review_counts(review, candidates)
+
+
+def _slide_cells(slide: str, files: Mapping[str, str], morphology: Mapping[str, np.dtype]
+                 ) -> tuple[pd.DataFrame, dict]:
     """One slide's cells with their predicted type (categorical), latent cluster and cell-cluster id:
-    only the columns the patient row needs."""
+    only the columns the patient row needs; and the counts of its review (empty without one).
+
+    With ``files["candidates"]`` the CTCs are the candidates, or the reviewed CTCs where
+    ``files["review"]`` is given (:func:`_counted_ctc`); without, the ctc classifier's ``pred_ctc``."""
     cells = read_table(files["cells"], ["cell_id", "cluster_id", *MORPHOLOGY_FEATURES])
     if "cluster_id" not in cells:  # a collection: one crop per cell, no touching cells
         cells["cluster_id"] = np.full(len(cells), -1, np.int64)
     names, n_predictions, _ = _parquet_info(files["predictions"])
+    review: dict = {}
     if n_predictions:
-        predictions, types, _ = _read_types(files["predictions"], names)
+        from_candidates = bool(files.get("candidates"))
+        predictions, types, _ = _read_types(files["predictions"], names, with_ctc=not from_candidates)
+        if from_candidates:
+            is_ctc, review = _counted_ctc(slide, files, cells["cell_id"].to_numpy(np.int64))
+            names_ = list(types.categories) + ([] if CTC in types.categories else [CTC])
+            codes = np.asarray(types.codes, np.int64).copy()
+            codes[is_ctc] = names_.index(CTC)
+            types = pd.Categorical.from_codes(codes, names_)
     else:
         predictions, types = read_table(files["predictions"], ["cell_id"]), pd.Categorical([])
     if len(cells) != len(predictions) or not np.array_equal(cells["cell_id"], predictions["cell_id"]):
@@ -108,7 +142,7 @@ def _slide_cells(slide: str, files: Mapping[str, str], morphology: Mapping[str, 
         if len(embedding) != len(cells) or not np.array_equal(embedding["cell_id"], cells["cell_id"]):
             raise ValueError(f"slide {slide}: {files['embedding']} rows do not match {files['cells']}")
         cells["latent_cluster"] = embedding["cluster"].to_numpy()
-    return cells.drop(columns="cell_id")
+    return cells.drop(columns="cell_id"), review
 
 
 def _cluster_counts(cells: pd.DataFrame) -> dict[str, float]:
@@ -250,12 +284,22 @@ def aggregate_patients(
         if len(kinds) > 1:
             raise ValueError(f"patient {patient}: rows of different modalities ({', '.join(kinds)}); a patient's "
                              "features come from one modality, so give each modality its own patient id")
-        cells = _patient_cells(sheet["slide"], slide_files, cohort.morphology, position, len(samples), progress)
+        cells, reviews = _patient_cells(sheet["slide"], slide_files, cohort.morphology, position, len(samples),
+                                        progress)
         row = patient_row(cells, types, latent_clusters, morphology)
         del cells
         ident = {"patient": patient, "condition": conditions[0]}
         if modality:
             ident["modality"] = kinds[0]
+        with_candidates = [s for s in sheet["slide"] if slide_files[s].get("candidates")]
+        if with_candidates:  # candidates (and reviews) decide what counts as a CTC
+            row["ctc_candidates"] = sum(_parquet_info(slide_files[s]["candidates"])[1] for s in with_candidates)
+            row["ctc_reviewed_slides"] = len(reviews)
+        for slide, counts in reviews.items():
+            cohort.notes.append(f"slide {slide}: CTCs from review {slide_files[slide]['review']}: "
+                                f"{counts['reviewed_ctc']} CTC, {counts['reviewed_not_ctc']} not CTC, "
+                                f"{counts['unsure']} unsure (not counted), {counts['unreviewed']} candidate(s) "
+                                f"without a decision (not counted)")
         rows.append({**ident, "n_slides": len(sheet), **row})
     table = pd.DataFrame(rows)
     order = list(column_descriptions(types, latent_clusters, morphology))
@@ -264,11 +308,14 @@ def aggregate_patients(
 
 def _patient_cells(slides: Sequence[str], slide_files: Mapping[str, Mapping[str, str]],
                    morphology: Mapping[str, np.dtype], position: Mapping[str, int], n_slides: int,
-                   progress: Callable[[str], object] | None) -> pd.DataFrame:
-    """One patient's cells pooled over its slides (``slide`` and ``cell_type`` categorical)."""
-    parts = []
+                   progress: Callable[[str], object] | None) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """One patient's cells pooled over its slides (``slide`` and ``cell_type`` categorical), and the
+    review counts of its reviewed slides."""
+    parts, reviews = [], {}
     for slide in slides:
-        cells = _slide_cells(str(slide), slide_files[slide], morphology)
+        cells, review = _slide_cells(str(slide), slide_files[slide], morphology)
+        if review:
+            reviews[str(slide)] = review
         cells["slide"] = pd.Categorical.from_codes(np.zeros(len(cells), np.int8), [str(slide)])
         parts.append(cells)
         if progress:
@@ -279,7 +326,7 @@ def _patient_cells(slides: Sequence[str], slide_files: Mapping[str, Mapping[str,
     slide_names = [str(s) for s in slides]
     for p in parts:
         p["slide"] = p["slide"].cat.set_categories(slide_names)
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True), reviews
 
 
 def sample_modalities(samples: pd.DataFrame) -> dict[str, str]:
@@ -376,8 +423,12 @@ def column_descriptions(types: Sequence[str], latent_clusters: int | None,
         if t != CTC:
             docs[f"frac_{t}"] = f"fraction of the patient's leukocytes predicted {t}"
     docs.update({
-        "ctc_count": "cells predicted CTC (p_ctc_CTC >= 0.5, the ctc classifier's decision)",
-        "ctc_per_1000": "predicted CTCs per 1000 leukocytes",
+        "ctc_count": "cells counted as CTC: on a slide with a review (reviews/<slide>.csv) the cells the reviewer "
+                     "marked CTC; else the CTC candidates (p_ctc_CTC >= the candidate threshold, "
+                     "candidates.parquet) where the workflow gives them, else pred_ctc (p_ctc_CTC >= 0.5)",
+        "ctc_per_1000": "CTCs (ctc_count) per 1000 leukocytes",
+        "ctc_candidates": "CTC candidates over the patient's slides (candidates.parquet rows: what a reviewer looks at)",
+        "ctc_reviewed_slides": "the patient's slides whose CTC count comes from a review CSV",
         "cell_clusters": f"clusters of >= {MIN_CLUSTER_SIZE} touching (or near) cells (extract's cluster_id)",
         "cell_clusters_per_1000": "cell clusters per 1000 cells",
         "ctc_leukocyte_clusters": "cell clusters holding at least one predicted CTC and one leukocyte",

@@ -14,7 +14,8 @@ UNLABELLED = ("", "unknown")
 #: blood was imaged (slides x cells) rather than with the patient's biology; their normalised forms
 #: (``frac_<type>``, ``ctc_per_1000``, ``cell_clusters_per_1000``, ...) are features.
 NON_FEATURE_COLUMNS = frozenset({"patient", "condition", "n_slides", "n_cells", "n_leukocytes", "ctc_count",
-                                 "cell_clusters", "ctc_leukocyte_clusters"})
+                                 "cell_clusters", "ctc_leukocyte_clusters", "ctc_candidates",
+                                 "ctc_reviewed_slides"})
 #: Column prefixes that are never features (absolute per-type cell counts, see above).
 NON_FEATURE_PREFIXES = ("count_",)
 

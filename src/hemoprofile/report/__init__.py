@@ -23,6 +23,10 @@ rare_events        a gallery of the top CTC candidates (by ``p_ctc_CTC``) and of
                    image crops with score, slide and cell id
 interaction        RMSE of the contacts-per-window regressors on held-out patients (mean, VAE latent,
                    CNN, segmentation count) with patient-bootstrap CIs, and a predicted vs true scatter
+ctc_review         the CTC candidate threshold chosen on held-out patients (its false candidates per
+                   million and recall on the test patients), the reliability diagram of the calibrated CTC
+                   probability, and per patient: candidates, reviewed CTCs, CTCs per million leukocytes
+                   with Garwood 95 % intervals (files of rules calibrate_ctc and ctc_table)
 patients           patient-level predictions with probabilities, cross-validated metrics per stage with
                    95% confidence intervals, per-model metrics, confusion matrices, out-of-fold predictions,
                    the patient table's key columns and its column glossary
@@ -58,7 +62,7 @@ Example
 -------
 >>> [section_id for section_id, _ in SECTIONS]
 ['summary', 'qc', 'composition', 'classifiers', 'latent', 'latent_conditions', 'rare_events', 'interaction',
- 'patients', 'importances']
+ 'ctc_review', 'patients', 'importances']
 """
 
 from hemoprofile.report.build import SECTIONS, build_report

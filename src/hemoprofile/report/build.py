@@ -18,6 +18,7 @@ from hemoprofile.report.provenance import package_version
 from hemoprofile.report.sections import (
     classifiers,
     composition,
+    ctc_review,
     importances,
     interaction,
     latent,
@@ -38,6 +39,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("latent_conditions", "Latent clusters by condition"),
     ("rare_events", "Rare events: CTC candidates and CTC–leukocyte clusters"),
     ("interaction", "Interaction: cell–cell contacts per window"),
+    ("ctc_review", "CTC review: threshold, calibration and reviewed counts"),
     ("patients", "Patient-level predictions"),
     ("importances", "Feature importances of the patient model"),
 ]
@@ -51,6 +53,7 @@ _BUILDERS: dict[str, Callable[[ReportContext], str]] = {
     "latent_conditions": latent_conditions.render,
     "rare_events": rare_events.render,
     "interaction": interaction.render,
+    "ctc_review": ctc_review.render,
     "patients": patients.render,
     "importances": importances.render,
     "summary": summary.render,   # last: it lists the notes the other sections add

@@ -48,6 +48,9 @@ class ReportInputs:
         beside the predictions (the truth of blinded patients, whose sheet condition is 'unknown').
     interaction_metrics, interaction_predictions : the interaction stage's metrics.json and window
         predictions.parquet (hemoprofile.interaction.cohort).
+    ctc_table, ctc_calibration, ctc_calibration_curve : the cohort CTC table (ctc_review.tsv), the
+        candidate threshold's JSON and the reliability diagram (TSV) of :mod:`hemoprofile.classify.calibration` and
+        :mod:`hemoprofile.patients.ctc_table`.
     """
 
     config: dict
@@ -68,6 +71,9 @@ class ReportInputs:
     truth_cells: str | None = None
     interaction_metrics: str | None = None
     interaction_predictions: str | None = None
+    ctc_table: str | None = None
+    ctc_calibration: str | None = None
+    ctc_calibration_curve: str | None = None
 
 
 class Notes:

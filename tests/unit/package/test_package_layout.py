@@ -1,5 +1,5 @@
 """The package layout's rules, checked on the source: stage subpackages import only the shared layers
-(config, io, nn, models, vocabulary, runlog) and themselves, never another stage; no module grows past the
+(config, io, nn, models, vocabulary, runlog, rates) and themselves, never another stage; no module grows past the
 size a reader can hold; parsing the command line and the Snakefile's imports stay free of torch.
 Application layers (cli, serve) sit above the stages: they may import any stage, and nothing below them
 imports them."""
@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[3] / "src" / "hemoprofile"
 STAGES = ("simulate", "ingest", "preprocess", "segment", "features", "classify", "embed", "interaction", "patients",
           "report", "export")
-SHARED = ("config", "io", "nn", "models", "vocabulary", "runlog")
+SHARED = ("config", "io", "nn", "models", "vocabulary", "runlog", "rates")
 #: Entry points over the stages (the command line, the upload-and-predict server): may import stages.
 APPLICATIONS = ("cli", "serve")
 MAX_LINES = 600
@@ -52,7 +52,7 @@ def test_stage_imports_only_shared_layers_and_itself(stage):
     assert not offending, "a stage imports another stage:\n" + "\n".join(offending)
 
 
-@pytest.mark.parametrize("layer", ("config", "io", "nn", "models", "vocabulary.py", "runlog.py"))
+@pytest.mark.parametrize("layer", ("config", "io", "nn", "models", "vocabulary.py", "runlog.py", "rates.py"))
 def test_shared_layers_import_no_stage(layer):
     paths = [PACKAGE / layer] if layer.endswith(".py") else sorted((PACKAGE / layer).rglob("*.py"))
     offending = [f"{p.relative_to(PACKAGE)}:{line} imports {m}" for p in paths

@@ -127,6 +127,7 @@ DEGRADE = {
     "latent": (dict(embedding_figures={}, embedding_metrics=None), "no embedding metrics given"),
     "latent_conditions": (dict(clusters_by_condition=None), "no clusters-by-condition table given"),
     "rare_events": ("no_predictions", "the ctc classifier task was not run"),
+    "ctc_review": (dict(ctc_table=None, ctc_calibration=None), "no CTC review table given"),
     "patients": (dict(patients=None, patient_columns=None, patient_metrics=None, patient_oof=None,
                       patient_predictions=None), "none of the patient-level outputs exists"),
     "importances": (dict(patient_importances="/nonexistent/importances.parquet"), "does not exist"),
