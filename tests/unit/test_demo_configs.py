@@ -26,7 +26,7 @@ def _flatten(tree, prefix=""):
     return out
 
 
-def test_full_demo_config_is_the_quick_one_with_cellpose_and_longer_training():
+def test_full_demo_config_is_the_quick_one_with_cellpose_longer_training_and_more_patients():
     quick = _load("config.yaml")
     full = _load("config.yaml")
     update_config(full, _load("full.yaml"))  # what `snakemake --configfile config/full.yaml` does
@@ -36,7 +36,10 @@ def test_full_demo_config_is_the_quick_one_with_cellpose_and_longer_training():
     assert resolve_model(full["segment"]["model"]).is_file()
     flat_quick, flat_full = _flatten(quick), _flatten(full)
     changed = {key for key in flat_full if flat_full[key] != flat_quick.get(key)}
-    assert changed == {"segment.backend", "classify.train.epochs", "embed.train.epochs"}
+    assert changed == {"segment.backend", "classify.train.epochs", "embed.train.epochs",
+                       *(f"synthetic.conditions.{c}.patients" for c in ("control", "disease_a", "disease_b"))}
+    assert all(c["patients"] == 10 for c in full["synthetic"]["conditions"].values())
+    assert all(c["patients"] == 7 for c in quick["synthetic"]["conditions"].values())
     assert full["classify"]["train"]["epochs"] > quick["classify"]["train"]["epochs"]
     assert full["embed"]["train"]["epochs"] > quick["embed"]["train"]["epochs"]
 
