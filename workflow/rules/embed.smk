@@ -26,7 +26,7 @@ rule train_embedder:
     benchmark:
         f"{RESULTS}/benchmarks/train_embedder.tsv"
     # the VAE is the longest training job and embed, interaction and the patient stages wait on it:
-    # started first, it trains while the classifiers take the other cores (demo: ~60 s sooner)
+    # started first, it trains beside the classifiers instead of after two of them
     priority: 10
     threads: 2
     resources:
