@@ -54,19 +54,15 @@ CONDITIONS = ("control", "disease_a", "disease_b")
 
 
 def merged_config(configfiles: list[Path]) -> dict:
+    """config/config.yaml with ``configfiles`` merged over it key by key, as Snakemake's --configfile does."""
+    from snakemake.utils import update_config
+
     from hemoprofile.config import load_config
 
     merged = load_config(ROOT / "config" / "config.yaml")
     for extra in configfiles:
-        merged = _merge(merged, yaml.safe_load(extra.read_text()))
+        update_config(merged, yaml.safe_load(extra.read_text()) or {})
     return merged
-
-
-def _merge(base: dict, extra: dict | None) -> dict:
-    out = dict(base)
-    for key, value in (extra or {}).items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def build_arm(name: str, work: Path, scale: str, patients: list[int], enrichment: float, seed: int,
