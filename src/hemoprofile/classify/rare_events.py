@@ -51,8 +51,7 @@ def objects_with_truth(cells: pd.DataFrame, truth_labels_path: str | os.PathLike
         raise ValueError(f"truth table lacks column(s) {missing} (has {list(truth_cells.columns)})")
     ids = match_truth(cells["y"].to_numpy(), cells["x"].to_numpy(), truth_labels_path)
     truth = truth_cells.set_index("cell_id")
-    known = pd.Index(truth.index)
-    position = known.get_indexer(ids)
+    position = truth.index.get_indexer(ids)
     on_cell = position >= 0
     cell_type = np.full(len(ids), BACKGROUND, dtype=object)
     cell_type[on_cell] = truth["cell_type"].to_numpy()[position[on_cell]]
