@@ -42,6 +42,15 @@ rule's arguments (classify_slide, embed_slide), measured like a job (wall is tha
 included). Aggregate and report are not run here.
 
     PYTHONPATH=src .venv/bin/python bench/scale.py --scales 1/64 1/16 --models-from results/scale
+
+Without a finished run, ``--untrained-models`` times the same inference with models that have the
+config's architectures but were never trained: a random-weight CellNet per classify task (seed 0) and a
+VAE trained for one epoch on 500 of the slide's own cells (the time of that training is not counted).
+Their predictions mean nothing; the per-cell time and memory are those of the trained models, since the
+networks and their inputs are the same.
+
+On the full slide the tile baseline (a plain copy of all 2,304 frames) costs as long as tile itself;
+``--baseline-frames N`` times it on the first N frames only (the figure is MB/s, so a sample suffices).
 """
 
 from __future__ import annotations
@@ -232,7 +241,38 @@ def run_inference(stage: str, slide: str, results: Path, merged: dict, models: P
     return _row(stage, total, total, usage, seen, [str(out)])
 
 
-def tile_baseline(merged: dict, frames_dir: Path, s, work: Path) -> dict:
+def write_untrained_models(merged: dict, slide: str, results: Path, models: Path, threads: int) -> None:
+    """models/classifier_<task>.pt (random weights) and models/embedder.pt (one epoch on 500 of the slide's
+    cells) with the config's architectures: see the module docstring."""
+    import torch
+
+    from hemoprofile.classify.checkpoints import save_classifier
+    from hemoprofile.classify.training import spec_from_config
+    from hemoprofile.embed.sample import EmbedSlide
+    from hemoprofile.embed.training import train_embedder
+    from hemoprofile.io.patches import open_patch_array
+    from hemoprofile.nn.cnn import CellNet
+    from hemoprofile.vocabulary import task_classes
+
+    models.mkdir(parents=True, exist_ok=True)
+    patches = results / slide / "patches.zarr"
+    array, channels, _ = open_patch_array(patches)
+    n_channels, patch_size = int(array.shape[1]), int(array.shape[-1])
+    section = merged["classify"]
+    crop = section.get("augment", {}).get("crop") or patch_size
+    torch.manual_seed(0)
+    for task in section["tasks"]:
+        classes = task_classes(task)
+        model = CellNet(spec_from_config(section, n_channels, len(classes), int(crop))).eval()
+        save_classifier(models / f"classifier_{task}.pt", model, task, classes, channels, patch_size,
+                        input_size=int(crop))
+    cfg = {**merged["embed"], "cells_per_slide": 500, "device": "cpu",
+           "train": {**merged["embed"]["train"], "epochs": 1}}
+    train_embedder([EmbedSlide(slide, str(results / slide / "cells.parquet"), str(patches))], models / "embedder.pt",
+                   models / "embedder.json", cfg, threads=threads, progress=None)
+
+
+def tile_baseline(merged: dict, frames_dir: Path, s, work: Path, max_frames: int = 0) -> dict:
     """The plain tifffile read + zarr write of the slide's frames (see the module docstring): seconds
     and raw bytes read."""
     import numpy as np
@@ -254,7 +294,7 @@ def tile_baseline(merged: dict, frames_dir: Path, s, work: Path) -> dict:
         compressors=(BloscCodec(cname="zstd", clevel=level, shuffle=BloscShuffle.bitshuffle),),
     )
     raw = 0
-    for f in range(s.n_frames):
+    for f in range(min(s.n_frames, max_frames) if max_frames else s.n_frames):
         row, col = frame_grid_position(f, s.rows, s.cols, order)
         y0, x0 = row * s.frame_h, col * s.frame_w
         for c, channel in enumerate(CHANNELS):
@@ -264,7 +304,8 @@ def tile_baseline(merged: dict, frames_dir: Path, s, work: Path) -> dict:
     seconds = time.perf_counter() - start
     stored = tree_bytes(out)
     shutil.rmtree(out, ignore_errors=True)
-    return {"seconds": seconds, "raw_bytes": raw, "stored_bytes": stored, "mb_s": raw / seconds / 1e6}
+    return {"seconds": seconds, "raw_bytes": raw, "stored_bytes": stored, "mb_s": raw / seconds / 1e6,
+            "frames": f + 1}
 
 
 def scale_tag(scale: str) -> str:
@@ -298,8 +339,11 @@ def run_scale(scale: str, args) -> dict:
     for stage in args.stages:
         if stage in INFERENCE:
             threads = args.threads or int(merged["threads"][stage])
-            row = run_inference(stage, slide, results, merged, Path(args.models_from) / "models", threads,
-                                work / "snakemake.log")
+            models = Path(args.models_from) / "models" if args.models_from else work / "untrained_models"
+            if not args.models_from and not (models / "embedder.pt").exists():
+                print(f"  writing untrained models to {models} (not timed)", flush=True)
+                write_untrained_models(merged, slide, results, models, threads)
+            row = run_inference(stage, slide, results, merged, models, threads, work / "snakemake.log")
         else:
             row = run_stage(stage, slide, results, configfiles, args.threads or args.cores, work / "snakemake.log")
         if n_cells is None:
@@ -314,7 +358,7 @@ def run_scale(scale: str, args) -> dict:
             frames_dir = results / "synthetic" / slide / "frames"
             raw = s.n_frames * len(CHANNELS) * s.frame_h * s.frame_w * 2
             row["tile_mb_s"] = raw / row["wall_s"] / 1e6
-            row["baseline"] = tile_baseline(merged, frames_dir, s, work)
+            row["baseline"] = tile_baseline(merged, frames_dir, s, work, args.baseline_frames)
         print(f"  {stage:<11} wall {row['wall_s']:8.1f} s  {row['us_per_cell']:8.1f} us/cell  "
               f"cpu {row['job_cpu_s']:8.1f} s  {row['cpu_us_per_cell']:8.1f} us/cell  "
               f"job peak {row['job_hwm_mib']:7.0f} MiB  tree {row['tree_maxrss_mib']:7.0f} MiB  "
@@ -324,7 +368,7 @@ def run_scale(scale: str, args) -> dict:
         if stage == "tile":
             base = row["baseline"]
             print(f"  {'':<11} tile job {row['tile_mb_s']:6.1f} MB/s of raw frames  vs  plain tifffile read + "
-                  f"zarr write {base['mb_s']:6.1f} MB/s ({base['seconds']:.1f} s, "
+                  f"zarr write {base['mb_s']:6.1f} MB/s ({base['frames']} frames, {base['seconds']:.1f} s, "
                   f"{base['raw_bytes'] / 1e6:.0f} MB raw -> {base['stored_bytes'] / 1e6:.0f} MB stored)", flush=True)
     summary = {"scale": scale, "frames": s.n_frames, "cells": n_cells, "slide": slide, "stages": rows}
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -379,14 +423,21 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="threads of every stage (threads.simulate, .tile, .preprocess, .segment, .extract) "
                              "and Snakemake --cores; default: the config's threads and --cores")
+    parser.add_argument("--untrained-models", action="store_true",
+                        help="classify and embed with untrained models of the config's architectures (timing "
+                             "only; see the module docstring) instead of --models-from")
+    parser.add_argument("--baseline-frames", type=int, default=0,
+                        help="time the plain tile baseline on the first N frames only (default: all)")
     parser.add_argument("--keep", action="store_true", help="keep the work folders' results")
     args = parser.parse_args(argv)
     if len(args.scales) > 2:
         parser.error("give one or two scales")
     if args.stages is None:
-        args.stages = [*STAGES, *(INFERENCE if args.models_from else ())]
-    if any(s in INFERENCE for s in args.stages) and not args.models_from:
-        parser.error("classify and embed need --models-from <results folder of a finished run>")
+        args.stages = [*STAGES, *(INFERENCE if args.models_from or args.untrained_models else ())]
+    if any(s in INFERENCE for s in args.stages) and not (args.models_from or args.untrained_models):
+        parser.error("classify and embed need --models-from <results folder of a finished run> or --untrained-models")
+    if args.models_from and args.untrained_models:
+        parser.error("give --models-from or --untrained-models, not both")
     args.stages = [s for s in (*STAGES, *INFERENCE) if s in args.stages]  # chain order
     summaries = [run_scale(scale, args) for scale in args.scales]
     if len(summaries) == 2:

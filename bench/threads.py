@@ -2,12 +2,13 @@
 
 Builds one synthetic slide in --workdir (an OME-TIFF of 4 uint16 channels with disc-shaped cells, its
 label image, a random-weight CellNet classifier and a VAE embedder trained for one epoch), then runs
-tile, preprocess, extract, classify and embed at each thread count, in this process, one after the
-other, and prints wall time per thread count, the speed-up, whether the outputs are byte-identical
-(chunk files and parquet files; zarr.json is left out, it records run times) and the cores the process
-kept busy (its CPU time over wall time: near 2 with 2 threads means the work ran in parallel and a
-missing speed-up is other jobs' load; near 1 means it was serialised). Settings are those of
-config/config.yaml. Segmentation is not here (its threading is segment/tiled.py's).
+tile, preprocess, segment (the config's backend: classical), extract, classify and embed at each thread
+count, in this process, one after the other, and prints wall time per thread count, the speed-up,
+whether the outputs are byte-identical (chunk files and parquet files; zarr.json is left out, it records
+run times) and the cores kept busy (CPU time of this process and its reaped worker processes over wall
+time: near 2 with 2 threads means the work ran in parallel and a missing speed-up is other jobs' load;
+near 1 means it was serialised). Settings are those of config/config.yaml. Extract measures the drawn
+label image, not segment's output, so its cells are the same at every thread count by construction.
 
     PYTHONPATH=src .venv/bin/python bench/threads.py --size 2048 --tile 256 --cells 3000
 
@@ -40,6 +41,7 @@ from hemoprofile.ingest.tile import tile_slide
 from hemoprofile.io.slide_sources import open_slide_source
 from hemoprofile.nn.cnn import CellNet, CellNetSpec
 from hemoprofile.preprocess.pipeline import preprocess_slide
+from hemoprofile.segment.tiled import segment_slide
 
 CHANNELS = ["DAPI", "CK", "VIM", "CD45"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +67,13 @@ def synthetic_slide(size: int, n_cells: int, seed: int = 0):
         image[:, cy - 9:cy + 10, cx - 9:cx + 10][:, disc] += rng.integers(300, 4000, (4, 1)).astype(np.uint16)
         next_id += 1
     return image, labels
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its reaped children (the stages' forked workers are joined, so
+    reaped, before each stage returns)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def same_outputs(a: Path, b: Path) -> bool:
@@ -106,6 +115,10 @@ def main(argv=None) -> int:
         preprocess_slide(ref / "image.zarr", out / "preprocessed.zarr", cfg["preprocess"], progress=None, threads=t)
         return out / "preprocessed.zarr"
 
+    def run_segment(out, t):
+        segment_slide(ref / "preprocessed.zarr", out / "labels.zarr", cfg["segment"], progress=None, threads=t)
+        return out / "labels.zarr"
+
     def run_extract(out, t):
         extract_slide(work / "labels.zarr", ref / "image.zarr", ref / "preprocessed.zarr", out / "cells.parquet",
                       out / "patches.zarr", out / "clusters.parquet", cfg["extract"], cfg["gating"], slide="S1",
@@ -138,7 +151,7 @@ def main(argv=None) -> int:
           f"{'/'.join(f'{v:.1f}' for v in load0)}")
     print(f"{'stage':<11}" + "".join(f"{f'{t} thr (s)':>12}" for t in args.threads) + f"{'speed-up':>10}  identical  cores busy (CPU s / wall s)")
     ref = work / f"t{args.threads[0]}"
-    stages = [("tile", run_tile), ("preprocess", run_preprocess), ("extract", run_extract),
+    stages = [("tile", run_tile), ("preprocess", run_preprocess), ("segment", run_segment), ("extract", run_extract),
               ("classify", run_classify), ("embed", run_embed)]
     for name, run in stages:
         if name == "classify":
@@ -147,10 +160,10 @@ def main(argv=None) -> int:
         for t in args.threads:
             out = work / f"t{t}"
             out.mkdir(exist_ok=True)
-            start, cpu = time.perf_counter(), time.process_time()
+            start, cpu = time.perf_counter(), cpu_seconds()
             outputs.append(run(out, t))
             seconds.append(time.perf_counter() - start)
-            busy.append((time.process_time() - cpu) / seconds[-1])
+            busy.append((cpu_seconds() - cpu) / seconds[-1])
         identical = all(same_outputs(outputs[0], o) for o in outputs[1:])
         print(f"{name:<11}" + "".join(f"{s:>12.2f}" for s in seconds) + f"{seconds[0] / seconds[-1]:>9.2f}x  "
               f"{'yes' if identical else 'NO':>9}  " + " / ".join(f"{b:.2f}" for b in busy), flush=True)

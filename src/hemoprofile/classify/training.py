@@ -234,7 +234,8 @@ def fit_classifier(
     return FitResult(final, history, epoch, time.perf_counter() - start, best_epoch, stopped, val_metrics)
 
 
-def _spec_for(cfg: dict, n_channels: int, n_classes: int, input_size: int) -> CellNetSpec:
+def spec_from_config(cfg: dict, n_channels: int, n_classes: int, input_size: int) -> CellNetSpec:
+    """The CellNet a classifier of the ``classify`` section ``cfg`` is trained as (``cfg["model"]``)."""
     m = cfg["model"]
     return CellNetSpec(in_channels=n_channels, n_classes=n_classes, patch_size=input_size,
                        widths=tuple(m["widths"]), blocks=tuple(m["blocks"]), dropout=float(m["dropout"]),
@@ -248,7 +249,7 @@ def _fit_flat(patches, labels, classes, parts, cfg, seed, device, progress, name
     augment = AugmentConfig.from_dict(cfg["augment"])
     input_size = augment.crop or patches.shape[-1]
     settings = TrainSettings.from_dict({**cfg["train"], "tta": int(cfg["tta"]), "seed": int(seed)})
-    spec = _spec_for(cfg, patches.shape[1], len(classes), input_size)
+    spec = spec_from_config(cfg, patches.shape[1], len(classes), input_size)
     counts = np.bincount(y[train], minlength=len(classes))
     if (counts == 0).any():
         progress(f"{name}: WARNING no training cells of class(es) "

@@ -24,10 +24,22 @@ the same threaded map; no scheduling logic is written here (the pool decides whi
 The exception is work that holds the GIL: the slide simulator renders ~1,300 cells per frame with many
 small numpy calls each, and on a thread pool two frames took longer than on one thread (bench/
 simulate_threads.py). ``processes=True`` runs the same bounded, ordered map on forked worker processes.
+Preprocess, segment (classical) and extract use it too: on an idle 2-core machine their threads kept
+only 1.1-1.35 cores busy (bench/threads.py: scikit-image's CLAHE and watershed, per-cell morphology and
+the parent's own stitching and writing hold the GIL for much of each block), while forked workers run
+each block's Python and C alike in parallel, and the parent's in-order writing overlaps with them.
+
+A forked worker inherits the caller's memory, so ``fn`` itself is never pickled: it is parked in a
+module-level table before the pool forks and looked up there by the worker (:func:`_call_parked`); a
+closure over open zarr arrays, a calibrated segmenter or per-process chunk caches works as it does on a
+thread. Only the items and the results cross the process boundary (pickled). zarr resets its I/O loop
+and lock in a forked child (``zarr.core.sync.reset_resources_after_fork``), so workers read and write
+zarr arrays opened before the fork.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 import multiprocessing
@@ -36,6 +48,15 @@ from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+#: Block functions of running process maps, by key: set before the pool forks, so every worker
+#: inherits the entry (the function is never pickled).
+_PARKED: dict[int, Callable] = {}
+
+
+def _call_parked(key: int, item):
+    """Run in a forked worker: the parked function of map ``key`` on one item."""
+    return _PARKED[key](item)
 
 
 def resolve_threads(threads: int | None) -> int:
@@ -59,10 +80,11 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = 
     in_flight : most blocks submitted and not yet yielded (default ``2 * threads``): bounds memory.
     processes : run the blocks in ``threads`` forked worker processes instead of threads, for per-block
         work that holds the GIL (many small numpy calls driven from Python, as the slide simulator's
-        per-cell rendering). ``fn``, the items and the results must then be picklable (``fn`` a
-        module-level function or a ``functools.partial`` of one) and ``fn`` sees a fork-time copy of the
-        caller's memory. Processes are forked (not spawned): a spawned worker re-runs the ``__main__``
-        module, which for a Snakemake script is the job itself.
+        per-cell rendering). The items and the results must then be picklable; ``fn`` need not be (any
+        closure: it is inherited through the fork, see the module doc) and sees a fork-time copy of the
+        caller's memory, so what it changes outside its result is lost (files it writes are not).
+        Processes are forked (not spawned): a spawned worker re-runs the ``__main__`` module, which for a
+        Snakemake script is the job itself.
 
     Yields
     ------
@@ -83,17 +105,25 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = 
     window: deque[Future] = deque()
     pool: Executor
     if processes:
+        key = id(window)  # unique while this map runs (its window lives as long)
+        _PARKED[key] = fn  # before the pool forks its workers: they inherit it
         pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"))
+        submit = functools.partial(pool.submit, _call_parked, key)
     else:
+        key = None
         pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="hemoprofile-block")
-    with pool:
-        try:
-            for item in items:
-                window.append(pool.submit(fn, item))
-                if len(window) >= limit:
+        submit = functools.partial(pool.submit, fn)
+    try:
+        with pool:
+            try:
+                for item in items:
+                    window.append(submit(item))
+                    if len(window) >= limit:
+                        yield window.popleft().result()
+                while window:
                     yield window.popleft().result()
-            while window:
-                yield window.popleft().result()
-        finally:
-            for future in window:
-                future.cancel()
+            finally:
+                for future in window:
+                    future.cancel()
+    finally:
+        _PARKED.pop(key, None)

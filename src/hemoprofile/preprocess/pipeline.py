@@ -240,7 +240,8 @@ def preprocess_slide(
             channel_started = time.perf_counter()
 
             def preprocess_tile(tile, ci=ci, name=name):
-                # runs on a worker thread: read the halo window, preprocess it, write the tile's chunk
+                # runs in a worker (a forked process when threads > 1: CLAHE holds the GIL for much of a
+                # tile): read the halo window, preprocess it, write the tile's chunk
                 wy0, wy1, wx0, wx1 = io.halo_window(tile, halos[name], (height, width))
                 window = np.asarray(array[ci, wy0:wy1, wx0:wx1])
                 result = preprocess_channel(
@@ -250,7 +251,7 @@ def preprocess_slide(
                 out[ci, tile.y0 : tile.y1, tile.x0 : tile.x1] = to_patch_dtype(core, out_dtype.name)
 
             # each tile is its own chunk, written once from the same window whatever thread runs it
-            for done, _ in enumerate(io.ordered_map(preprocess_tile, tiles, threads), start=1):
+            for done, _ in enumerate(io.ordered_map(preprocess_tile, tiles, threads, processes=True), start=1):
                 if done % report_every == 0 or done == len(tiles):
                     say(f"preprocess: {name} {done}/{len(tiles)} tiles")
             seconds[name] = time.perf_counter() - channel_started

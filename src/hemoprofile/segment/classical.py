@@ -43,7 +43,7 @@ class ClassicalSegmenter:
     """
 
     name = "classical"
-    #: segment() only reads the calibration, so windows may be segmented from several threads at once.
+    #: segment() only reads the calibration, so windows may be segmented side by side (forked workers).
     parallel_windows = True
 
     def __init__(self, diameter: float = 15.0, smoothing_sigma: float = 1.0, peak_distance: float = 0.3,

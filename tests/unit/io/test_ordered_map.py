@@ -75,3 +75,30 @@ def test_processes_run_blocks_in_forked_workers_in_order():
     assert os.getpid() not in {pid for pid, _ in out}  # the blocks ran in worker processes
     assert list(ordered_map(_pid_and_square, range(3), threads=1, processes=True)) == [(os.getpid(), i * i)
                                                                                        for i in range(3)]
+
+
+def test_processes_take_a_closure_without_pickling_it(tmp_path):
+    # a lambda over a local object cannot be pickled: the workers inherit it through the fork instead
+    offset = {"value": 10}
+    unpicklable = lambda i: (os.getpid(), i + offset["value"])  # noqa: E731
+    out = list(ordered_map(unpicklable, range(5), threads=2, processes=True))
+    assert [value for _, value in out] == [10, 11, 12, 13, 14]
+    assert os.getpid() not in {pid for pid, _ in out}
+    # files a worker writes are kept; the parked function is gone once the map ends
+    list(ordered_map(lambda i: (tmp_path / f"{i}.txt").write_text(str(i)), range(3), threads=2, processes=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.txt", "1.txt", "2.txt"]
+    from hemoprofile.io import blocks
+    assert blocks._PARKED == {}
+
+
+def test_processes_raise_a_worker_error_at_its_turn():
+    def fail_on_three(i):
+        if i == 3:
+            raise ValueError("block 3 is bad")
+        return i
+
+    seen = []
+    with pytest.raises(ValueError, match="block 3 is bad"):
+        for value in ordered_map(fail_on_three, range(8), threads=2, processes=True):
+            seen.append(value)
+    assert seen == [0, 1, 2]
