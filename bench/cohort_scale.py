@@ -14,10 +14,16 @@ image.zarr is ~25 GB and its patches.zarr ~25 GB), so its QC cards and rare-even
 image": the figures measure what the report reads per cell, not the thumbnails (those come from the
 image pyramid, issue 16 §2).
 
+With ``--report-slide DIR`` (a real slide's results folder, e.g. the full slide of bench/scale.py
+--keep) only the report is built, for 3 slides that all point at DIR's files, images included
+(image.zarr with its pyramid, labels.zarr, patches.zarr): the thumbnails and galleries a real cohort's
+report makes, at full size.
+
 Usage::
 
     nice -n 10 python bench/cohort_scale.py                      # tables in /tmp/hemoprofile-bench-cohort
     python bench/cohort_scale.py --cells 300000 --workdir /scratch/me/cohort --no-baseline
+    python bench/cohort_scale.py --report-slide /work/benchwork/scale/scale_1_1/results/P01_S1
 """
 
 from __future__ import annotations
@@ -62,9 +68,9 @@ import json, os, resource, sys, time
 import pandas as pd
 from hemoprofile.patients.aggregate import aggregate_patients, table_descriptions, write_patient_table
 from hemoprofile.report import ReportInputs, build_report
-folder, out = sys.argv[1], sys.argv[2]
+folder, out, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 slides = ["R1", "R2", "R3"]
-paths = {s: {k: f"{folder}/{k}.parquet" for k in ("cells", "predictions", "embedding", "clusters")} for s in slides}
+paths = {s: {k: f"{folder}/{name}" for k, name in files.items()} for s in slides}
 samples = pd.DataFrame({"slide": slides, "patient": ["PA", "PB", "PC"], "condition": ["control", "disease", "disease"]})
 table, _ = aggregate_patients(samples, paths)
 write_patient_table(table, table_descriptions(table), f"{out}/patients.parquet", f"{out}/patients_columns.tsv")
@@ -118,7 +124,12 @@ def main() -> None:
     parser.add_argument("--baseline-slides", type=int, default=5, help="cohort size for the 49fae87 baseline")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "hemoprofile-bench-cohort")
+    parser.add_argument("--report-slide", type=Path, default=None,
+                        help="only build the report, of 3 slides pointing at this slide folder's files and images")
     args = parser.parse_args()
+    if args.report_slide:
+        report_of_slide(args.report_slide, args.workdir / "report")
+        return
     folder = args.workdir / "tables"
     marker = folder / "n_cells"
     if marker.exists() and marker.read_text() == str(args.cells):
@@ -152,8 +163,33 @@ def main() -> None:
 
     out = args.workdir / "report"
     out.mkdir(exist_ok=True)
-    r = run(REPORT, folder, out)
+    r = run(REPORT, folder, out, json.dumps({k: f"{k}.parquet" for k in ("cells", "predictions", "embedding",
+                                                                        "clusters")}))
     print(f"\nreport of 3 slides x {args.cells:,} cells (tables only, no images)")
+    print_report(r)
+
+
+#: A slide folder's files the report reads (ReportInputs.slides keys -> names in results/<slide>/).
+SLIDE_FILES = {"image": "image.zarr", "preprocessed": "preprocessed.zarr", "labels": "labels.zarr",
+               "cells": "cells.parquet", "predictions": "predictions.parquet", "clusters": "clusters.parquet",
+               "patches": "patches.zarr", "embedding": "embedding.parquet"}
+
+
+def report_of_slide(slide_dir: Path, out: Path) -> None:
+    """The report of 3 slides that are all ``slide_dir`` (its images included), timed in a fresh process."""
+    import pyarrow.parquet as pq
+
+    files = {k: name for k, name in SLIDE_FILES.items() if (slide_dir / name).exists()}
+    if "cells" not in files:
+        raise SystemExit(f"{slide_dir}: no cells.parquet")
+    out.mkdir(parents=True, exist_ok=True)
+    cells = pq.ParquetFile(slide_dir / "cells.parquet").metadata.num_rows
+    r = run(REPORT, slide_dir, out, json.dumps(files))
+    print(f"report of 3 slides x {cells:,} cells, each {slide_dir} ({', '.join(files.values())})")
+    print_report(r)
+
+
+def print_report(r: dict) -> None:
     if "error" in r:
         print(f"failed: {r['error']}")
     else:

@@ -212,7 +212,8 @@ def classify_slide(patches_path: str | os.PathLike, cells_path: str | os.PathLik
 
     with atomic_output(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer, ThreadPoolExecutor(1) as pool:
         tables = (prefetched(pool) if workers == 1 else
-                  ordered_map(lambda lo: predict_block(lo, read(lo)), range(0, n, batch_size), workers))
+                  ordered_map(lambda lo: predict_block(lo, read(lo)), range(0, n, batch_size), workers,
+                              processes=True))
         for table in tables:  # written in block order
             writer.write_table(table)
             done += table.num_rows

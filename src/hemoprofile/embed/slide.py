@@ -132,7 +132,7 @@ def embed_slide(model_path: str | os.PathLike | Embedder, patches_path: str | os
         return e, cl, pa.Table.from_arrays(cols, schema=schema)
 
     with atomic_output(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for e, cl, table in ordered_map(embed_block, range(0, len(ids), block), workers):
+        for e, cl, table in ordered_map(embed_block, range(0, len(ids), block), workers, processes=True):
             counts += np.bincount(cl, minlength=len(counts))
             writer.write_table(table)
             say(f"{e}/{len(ids)} cells embedded")
