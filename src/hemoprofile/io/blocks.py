@@ -24,9 +24,10 @@ the same threaded map; no scheduling logic is written here (the pool decides whi
 The exception is work that holds the GIL: the slide simulator renders ~1,300 cells per frame with many
 small numpy calls each, and on a thread pool two frames took longer than on one thread (bench/
 simulate_threads.py). ``processes=True`` runs the same bounded, ordered map on forked worker processes.
-Preprocess, segment (classical) and extract use it too: on an idle 2-core machine their threads kept
-only 1.1-1.35 cores busy (bench/threads.py: scikit-image's CLAHE and watershed, per-cell morphology and
-the parent's own stitching and writing hold the GIL for much of each block), while forked workers run
+Preprocess, segment (classical), extract, classify and embed use it too: on an idle 2-core machine
+their threads kept only 1.05-1.57 cores busy (bench/threads.py at 917a368: scikit-image's CLAHE,
+per-cell morphology, the Python around torch and the parent's own writing hold the GIL for much of
+each block), while forked workers run
 each block's Python and C alike in parallel, and the parent's in-order writing overlaps with them.
 
 A forked worker inherits the caller's memory, so ``fn`` itself is never pickled: it is parked in a

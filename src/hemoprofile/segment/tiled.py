@@ -172,8 +172,9 @@ def segment_windows(segmenter, source, indices: Sequence[int], windows: Sequence
     run batches side by side (``parallel_windows``: the classical one; Cellpose gets its threads through
     torch instead), batches run on that many forked worker processes with at most ``2 x threads``
     batches in flight (:func:`hemoprofile.io.ordered_map`; memory stays bounded, and the caller's
-    stitching of finished windows overlaps with them). Threads were tried first: the watershed and
-    the stitching hold the GIL for much of a window, so two threads kept ~1.1 cores busy. Results are
+    stitching of finished windows overlaps with them). Threads were used before; they showed no
+    speed-up on a loaded machine and were not re-measured idle, while workers gave 1.85x (bench/threads.py,
+    bench/RESULTS.md). Results are
     still yielded in order and each batch is computed exactly as with one worker, so the output is
     bitwise the same.
     """
