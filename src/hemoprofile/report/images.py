@@ -2,8 +2,10 @@
 bands of rows), full-resolution detail crops and cell crops, with segmentation outlines drawn in.
 
 A thumbnail needs every chunk of the image it is made from: it uses the coarsest pyramid level of the
-OME-Zarr image that is still wide enough, and level 0 (all of the slide) when the image has no pyramid,
-as hemoprofile's images have none today.
+OME-Zarr image that is still wide enough. image.zarr and labels.zarr carry pyramids; preprocessed.zarr
+does not, so when it is the image shown, the thumbnail comes from image.zarr's pyramid (percentile
+stretched) instead of decoding the whole preprocessed slide (minutes for a 3 GP slide), and the
+outlines from the labels level whose factor divides the thumbnail's step.
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ def _coarsest_level(path, min_width: int):
     """The coarsest resolution level of an OME-Zarr image at least ``min_width`` px wide (level 0 when
     it is the only one), and its downsampling factor relative to level 0.
 
-    hemoprofile's images have one level today; a pyramid written later makes thumbnails of whole
-    HDSCA slides cheap (level 0 means decoding every chunk of the slide).
+    image.zarr and labels.zarr have pyramids; level 0 (decoding every chunk of the slide) is used only
+    for an image without one (preprocessed.zarr, or images written before the pyramids).
     """
     import zarr
 
@@ -85,6 +87,28 @@ def _coarsest_level(path, min_width: int):
         if level.ndim == full.ndim and min_width <= level.shape[-1] < best.shape[-1]:
             best, factor = level, max(1, round(full.shape[-1] / level.shape[-1]))
     return best, factor
+
+
+def _level_dividing(path, step: int):
+    """The coarsest resolution level of an OME-Zarr image whose downsampling factor divides ``step`` (level
+    0 when none does), and that factor: sampling it every ``step // factor`` px picks (to within a pixel
+    of level 0) the objects that sampling level 0 every ``step`` px picks (nearest-neighbour pyramids, as
+    labels.zarr's)."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    datasets = root.attrs.get("ome", {}).get("multiscales", [{}])[0].get("datasets", [{"path": "0"}])
+    full = root["0"]
+    best, best_factor = full, 1
+    for d in datasets[1:]:
+        try:
+            level = root[d["path"]]
+        except KeyError:
+            continue
+        factor = round(full.shape[-1] / level.shape[-1]) if level.shape[-1] else 0
+        if level.ndim == full.ndim and factor > best_factor and step % factor == 0:
+            best, best_factor = level, factor
+    return best, best_factor
 
 
 def block_mean_thumbnail(array, step: int) -> np.ndarray:
@@ -143,11 +167,19 @@ def slide_images(paths: Mapping, detail_centre: tuple[int, int] | None = None,
     array = image.array
     _, h, w = array.shape
     level, factor = _coarsest_level(source, width)
+    thumb_unit, thumb_channels = unit, image.channel_names
+    if factor == 1 and unit and have(paths.get("image")):
+        raw_level, raw_factor = _coarsest_level(paths["image"], width)
+        if raw_factor > 1:  # no pyramid in preprocessed.zarr: the raw image's pyramid, stretched
+            level, factor, thumb_unit = raw_level, raw_factor, False
+            thumb_channels = io.open_ome_zarr(paths["image"]).channel_names
     step = max(1, math.ceil(level.shape[-1] / width))
     small = block_mean_thumbnail(level, step)
-    small = small / np.float32(np.iinfo(level.dtype).max) if unit and np.issubdtype(level.dtype, np.integer) else small
-    small = small if unit else percentile_stretch(small)
-    thumb = display_composite(small, image.channel_names)
+    if thumb_unit:
+        small = small / np.float32(np.iinfo(level.dtype).max) if np.issubdtype(level.dtype, np.integer) else small
+    else:
+        small = percentile_stretch(small)
+    thumb = display_composite(small, thumb_channels)
     step *= factor  # in full-resolution pixels from here on
     cy, cx = detail_centre or (h // 2, w // 2)
     y0 = int(min(max(cy - detail // 2, 0), max(h - detail, 0)))
@@ -159,7 +191,10 @@ def slide_images(paths: Mapping, detail_centre: tuple[int, int] | None = None,
     outlines = have(paths.get("labels"))
     if outlines:
         labels = io.open_ome_zarr(paths["labels"]).array
-        lab_small = np.asarray(labels[step // 2::step, step // 2::step])[: thumb.shape[0], : thumb.shape[1]]
+        lab_level, lab_factor = _level_dividing(paths["labels"], step)
+        lab_step = step // lab_factor
+        lab_small = np.asarray(lab_level[(step // 2) // lab_factor::lab_step, (step // 2) // lab_factor::lab_step])
+        lab_small = lab_small[: thumb.shape[0], : thumb.shape[1]]
         mask = np.zeros(thumb.shape[:2], bool)
         mask[: lab_small.shape[0], : lab_small.shape[1]] = outline_mask(lab_small)
         thumb = paint(thumb, mask, OUTLINE_RGB)
