@@ -66,6 +66,25 @@ def _open_shown_image(paths: Mapping) -> tuple[io.OmeZarrImage, str, bool]:
     return io.open_ome_zarr(source), source, unit
 
 
+def _pyramid_levels(path):
+    """Level 0 of an OME-Zarr image and each coarser level listed in its ``multiscales`` (same number of
+    axes), as (array, downsampling factor relative to level 0), level 0 first."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    datasets = root.attrs.get("ome", {}).get("multiscales", [{}])[0].get("datasets", [{"path": "0"}])
+    full = root["0"]
+    levels = [(full, 1)]
+    for d in datasets[1:]:
+        try:
+            level = root[d["path"]]
+        except KeyError:
+            continue
+        if level.ndim == full.ndim and level.shape[-1]:
+            levels.append((level, max(1, round(full.shape[-1] / level.shape[-1]))))
+    return levels
+
+
 def _coarsest_level(path, min_width: int):
     """The coarsest resolution level of an OME-Zarr image at least ``min_width`` px wide (level 0 when
     it is the only one), and its downsampling factor relative to level 0.
@@ -73,19 +92,11 @@ def _coarsest_level(path, min_width: int):
     image.zarr and labels.zarr have pyramids; level 0 (decoding every chunk of the slide) is used only
     for an image without one (preprocessed.zarr, or images written before the pyramids).
     """
-    import zarr
-
-    root = zarr.open_group(str(path), mode="r")
-    datasets = root.attrs.get("ome", {}).get("multiscales", [{}])[0].get("datasets", [{"path": "0"}])
-    full = root["0"]
-    best, factor = full, 1
-    for d in datasets[1:]:
-        try:
-            level = root[d["path"]]
-        except KeyError:
-            continue
-        if level.ndim == full.ndim and min_width <= level.shape[-1] < best.shape[-1]:
-            best, factor = level, max(1, round(full.shape[-1] / level.shape[-1]))
+    levels = _pyramid_levels(path)
+    best, factor = levels[0]
+    for level, level_factor in levels[1:]:
+        if min_width <= level.shape[-1] < best.shape[-1]:
+            best, factor = level, level_factor
     return best, factor
 
 
@@ -94,19 +105,10 @@ def _level_dividing(path, step: int):
     0 when none does), and that factor: sampling it every ``step // factor`` px picks (to within a pixel
     of level 0) the objects that sampling level 0 every ``step`` px picks (nearest-neighbour pyramids, as
     labels.zarr's)."""
-    import zarr
-
-    root = zarr.open_group(str(path), mode="r")
-    datasets = root.attrs.get("ome", {}).get("multiscales", [{}])[0].get("datasets", [{"path": "0"}])
-    full = root["0"]
-    best, best_factor = full, 1
-    for d in datasets[1:]:
-        try:
-            level = root[d["path"]]
-        except KeyError:
-            continue
-        factor = round(full.shape[-1] / level.shape[-1]) if level.shape[-1] else 0
-        if level.ndim == full.ndim and factor > best_factor and step % factor == 0:
+    levels = _pyramid_levels(path)
+    best, best_factor = levels[0]
+    for level, factor in levels[1:]:
+        if factor > best_factor and step % factor == 0:
             best, best_factor = level, factor
     return best, best_factor
 
