@@ -3,8 +3,8 @@ bands of rows), full-resolution detail crops and cell crops, with segmentation o
 
 A thumbnail needs every chunk of the image it is made from: it uses the coarsest pyramid level of the
 OME-Zarr image that is still wide enough. image.zarr and labels.zarr carry pyramids; preprocessed.zarr
-does not, so when it is the image shown, the thumbnail comes from image.zarr's pyramid (percentile
-stretched) instead of decoding the whole preprocessed slide (minutes for a 3 GP slide), and the
+does not, so when it is the image shown and is large, the thumbnail comes from image.zarr's pyramid
+(percentile stretched) instead of decoding the whole preprocessed slide (minutes for a 3 GP slide), and the
 outlines from the labels level whose factor divides the thumbnail's step.
 """
 
@@ -21,6 +21,9 @@ from hemoprofile.vocabulary import channel_rgb, to_unit
 
 THUMBNAIL_WIDTH = 256        # px, widest slide thumbnail
 DETAIL_SIZE = 128            # px, full-resolution detail crop per slide (where cells are densest)
+#: a preprocessed image without pyramid at least this many thumbnail widths wide is shown from image.zarr's
+#: pyramid instead (smaller ones, as the demo's, are cheap to decode whole and keep the preprocessed look)
+RAW_PYRAMID_FROM = 4
 OUTLINE_RGB = (1.0, 0.85, 0.0)        # segmentation outlines (yellow)
 CLUSTER_OTHER_RGB = (0.0, 0.9, 0.9)   # outlines of the non-CTC members of a cluster (cyan)
 
@@ -170,7 +173,7 @@ def slide_images(paths: Mapping, detail_centre: tuple[int, int] | None = None,
     _, h, w = array.shape
     level, factor = _coarsest_level(source, width)
     thumb_unit, thumb_channels = unit, image.channel_names
-    if factor == 1 and unit and have(paths.get("image")):
+    if factor == 1 and unit and level.shape[-1] >= RAW_PYRAMID_FROM * width and have(paths.get("image")):
         raw_level, raw_factor = _coarsest_level(paths["image"], width)
         if raw_factor > 1:  # no pyramid in preprocessed.zarr: the raw image's pyramid, stretched
             level, factor, thumb_unit = raw_level, raw_factor, False

@@ -65,6 +65,11 @@ def test_thumbnail_of_a_preprocessed_image_without_pyramid_comes_from_the_raw_py
         percentile_stretch(block_mean_thumbnail(level2, 1)), report_fixtures.CHANNELS), atol=1e-6)
     # the detail crop still shows the preprocessed image at full resolution
     assert images["source"] == paths["preprocessed"]
+    # an image fewer than RAW_PYRAMID_FROM thumbnail widths wide keeps the preprocessed thumbnail
+    small = slide_images({k: v for k, v in paths.items() if k != "labels"}, width=48)
+    pre = np.asarray(zarr.open_group(paths["preprocessed"], mode="r")["0"][:])
+    np.testing.assert_allclose(small["thumbnail"], display_composite(
+        block_mean_thumbnail(pre, 2) / 65535.0, report_fixtures.CHANNELS), atol=1e-6)
 
 
 def test_thumbnail_outlines_read_a_labels_level_whose_factor_divides_the_step(tmp_path):
