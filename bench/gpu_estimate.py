@@ -72,14 +72,13 @@ TIMED = [("cellpose.models", "run_net", "network"),
 
 
 def merged_config(configfiles: list[Path]) -> dict:
-    def merge(base, extra):
-        out = dict(base)
-        for key, value in (extra or {}).items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        return out
+    """config/config.yaml with ``configfiles`` merged over it key by key (Snakemake's own merge, as its
+    --configfile does), validated."""
+    from snakemake.utils import update_config
+
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     for extra in configfiles:
-        cfg = merge(cfg, yaml.safe_load(extra.read_text()))
+        update_config(cfg, yaml.safe_load(extra.read_text()) or {})
     return validate_config(cfg)
 
 

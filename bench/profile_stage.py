@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("preprocess", "segment", "extract")
 
@@ -45,16 +43,12 @@ def stage_call(stage: str, slide: Path, out: Path, configfiles: list[Path], thre
     """Python source that runs ``stage`` on ``slide`` into ``out`` (run in the child process)."""
     return f"""
 import yaml
+from snakemake.utils import update_config
 from hemoprofile.config import validate_config
 from pathlib import Path
-def merge(base, extra):
-    out = dict(base)
-    for key, value in (extra or {{}}).items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 cfg = yaml.safe_load(Path({str(ROOT / 'config' / 'config.yaml')!r}).read_text())
 for extra in {[str(p) for p in configfiles]!r}:
-    cfg = merge(cfg, yaml.safe_load(Path(extra).read_text()))
+    update_config(cfg, yaml.safe_load(Path(extra).read_text()) or {{}})
 cfg = validate_config(cfg)
 slide, out = Path({str(slide)!r}), Path({str(out)!r})
 if {stage!r} == 'preprocess':
@@ -96,8 +90,7 @@ def summarise(stacks: list[tuple[list[str], int]], top: int) -> str:
     own_steps: collections.Counter = collections.Counter()
     idle = 0
     for frames, count in stacks:
-        if frames and frames[0].startswith("process ") or frames and frames[0].startswith("thread "):
-            frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
         if not frames:
             continue
         self_time[short(frames[-1])] += count
