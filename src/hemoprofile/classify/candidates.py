@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hemoprofile.io.ctc_review import write_candidates
+from hemoprofile.io.tables import open_parquet_stream
 
 #: Score column of the ctc classifier in predictions.parquet.
 SCORE = "p_ctc_CTC"
@@ -44,12 +45,9 @@ BATCH_ROWS = 65536
 
 def _batches(path: str | os.PathLike, columns: list[str]):
     """Record batches of ``columns`` of a parquet file, with an error naming the file."""
-    try:
-        # pre_buffer (pyarrow's default) reads ahead the selected columns of the whole file: 350 MB of
-        # arrow memory on a 3 M-cell cells.parquet against 39 MB without (bench/review_candidates.py)
-        reader = pq.ParquetFile(path, pre_buffer=False)
-    except Exception as err:  # pyarrow raises several types for a missing or broken file
-        raise ValueError(f"{path}: not a readable parquet file ({err})") from err
+    # pre_buffer off (open_parquet_stream): with it, 350 MB of arrow memory on a 3 M-cell cells.parquet
+    # against 39 MB without (bench/review_candidates.py)
+    reader = open_parquet_stream(path, "parquet file")
     missing = [c for c in columns if c not in reader.schema_arrow.names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}")

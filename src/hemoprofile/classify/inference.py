@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from hemoprofile.classify.checkpoints import LoadedClassifier, load_classifier
 from hemoprofile.io import atomic_output, ordered_map, resolve_threads
 from hemoprofile.io.patches import check_patches_match_cells, open_patch_array
-from hemoprofile.io.tables import read_cells
+from hemoprofile.io.tables import read_cell_keys
 from hemoprofile.nn.augment import centre_crop, dihedral, to_unit_float
 from hemoprofile.nn.devices import DeviceChoice, pick_device, ready_for_inference
 
@@ -151,8 +151,8 @@ def classify_slide(patches_path: str | os.PathLike, cells_path: str | os.PathLik
     progress = progress or (lambda m: log.info(m))
     dev = pick_device(device, mixed_precision, threads=threads)
     array, channels, attributes = open_patch_array(patches_path)
-    cells = read_cells(cells_path, ["slide", "cell_id"])
-    check_patches_match_cells(cells_path, cells, patches_path, array, attributes)
+    cells = read_cell_keys(cells_path)
+    check_patches_match_cells(cells_path, cells.frame(), patches_path, array, attributes)
     models = [load_classifier(p) for p in model_paths]
     tasks = [m.task for m in models]
     if len(set(tasks)) != len(tasks):
@@ -189,8 +189,7 @@ def classify_slide(patches_path: str | os.PathLike, cells_path: str | os.PathLik
 
     def predict_block(lo, block):
         hi = lo + len(block)
-        cols = {"slide": pa.array(cells["slide"].iloc[lo:hi].astype(str).tolist(), pa.string()),
-                "cell_id": pa.array(cells["cell_id"].iloc[lo:hi].to_numpy(np.int64))}
+        cols = {"slide": pa.array(cells.slides(lo, hi), pa.string()), "cell_id": pa.array(cells.cell_ids[lo:hi])}
         for m, index in zip(models, indices):
             p = classifier_probabilities(m, block, dev, batch_size, tta, index=index)
             for j, name in enumerate(prediction_columns(m)):
@@ -226,5 +225,5 @@ def classify_slide(patches_path: str | os.PathLike, cells_path: str | os.PathLik
     seconds = time.perf_counter() - start
     rate = n / seconds if seconds > 0 else float("inf")
     progress(f"wrote {out_path}: {n} cells in {seconds:.1f} s ({rate:.0f} cells/s)")
-    return {"slide": str(cells["slide"].iloc[0]) if n else None, "n_cells": n, "seconds": seconds,
+    return {"slide": cells.slides(0, 1)[0] if n else None, "n_cells": n, "seconds": seconds,
             "cells_per_second": rate, "device": dev.description, "models": {m.task: m.model_id for m in models}}

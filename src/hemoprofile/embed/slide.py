@@ -34,7 +34,7 @@ from hemoprofile.embed.settings import STAGE_VERSION
 from hemoprofile.embed.training import encode
 from hemoprofile.io import atomic_output, ordered_map, resolve_threads
 from hemoprofile.io.patches import check_patches_match_cells, open_patch_array
-from hemoprofile.io.tables import read_cells
+from hemoprofile.io.tables import read_cell_keys
 from hemoprofile.nn.devices import pick_device, ready_for_inference
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,9 @@ def embed_slide(model_path: str | os.PathLike | Embedder, patches_path: str | os
     if names != emb.channels or int(array.shape[-1]) != emb.patch_size:
         raise ValueError(f"{patches_path}: channels {names} / patch size {array.shape[-1]} differ from the model's "
                          f"{emb.channels} / {emb.patch_size} ({emb.path})")
-    cells = read_cells(cells_path, ["slide", "cell_id"]) if "slide" in pq.read_schema(cells_path).names \
-        else read_cells(cells_path, ["cell_id"])
-    check_patches_match_cells(cells_path, cells, patches_path, array, attributes)
-    slide = slide or (str(cells["slide"].iloc[0]) if len(cells) and "slide" in cells else os.path.basename(
+    cells = read_cell_keys(cells_path)
+    check_patches_match_cells(cells_path, cells.frame(), patches_path, array, attributes)
+    slide = slide or (cells.slides(0, 1)[0] if len(cells) else os.path.basename(
         os.path.dirname(os.path.abspath(cells_path))))
     warning = None
     if emb.condition_on != "none":
@@ -106,7 +105,7 @@ def embed_slide(model_path: str | os.PathLike | Embedder, patches_path: str | os
     schema = embedding_schema(d, {"stage": STAGE_VERSION, "model_id": emb.model_id, "condition_on": emb.condition_on,
                                   "category": category, "warning": warning, "map": "pca",
                                   "clustering": emb.clustering["method"], "k": int(emb.clustering["k"])})
-    ids = cells["cell_id"].to_numpy(np.int64)
+    ids = cells.cell_ids
     angles = read_angles(cells_path) if emb.orientation != "none" else None
     counts = np.zeros(int(emb.clustering["k"]), np.int64)
     block = max(1, int(batch_size)) * 4

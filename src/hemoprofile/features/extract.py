@@ -106,7 +106,7 @@ from hemoprofile.features.patches import cut_patches
 from hemoprofile.features.settings import resolve_extract
 from hemoprofile.features.windows import WindowReader, owned_cells, required_halo
 from hemoprofile.io.patches import PatchWriter, patch_attributes, to_patch_dtype
-from hemoprofile.io.tables import cells_schema
+from hemoprofile.io.tables import cells_schema, open_parquet_stream
 from hemoprofile.vocabulary import to_unit
 
 #: Stage version written into the outputs' provenance; the rule passes the same as params. Bump when
@@ -391,7 +391,7 @@ def extract_slide(
             geometry = cell_clusters.ClusterGeometry(n_clusters)
             gate_counts: dict[str, int] = {}
             with pq.ParquetWriter(cells_tmp, final_schema) as final:
-                source = pq.ParquetFile(pass1_path)
+                source = open_parquet_stream(pass1_path, "first-pass cells table")
                 for batch in source.iter_batches(batch_size=ROW_GROUP_ROWS):
                     table = pa.Table.from_batches([batch], schema=pass1_schema)
                     ids = table.column("cell_id").to_numpy()

@@ -57,6 +57,7 @@ import pyarrow.parquet as pq
 
 from hemoprofile.config import section_defaults
 from hemoprofile.io import atomic_output
+from hemoprofile.io.tables import open_parquet_stream
 
 SCALES = ("absolute", "slide_median", "slide_quantile", "slide_robust_z")
 OPS = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal}
@@ -236,7 +237,7 @@ def sample_parquet_columns(path: str | os.PathLike, columns: Sequence[str], max_
     ------
     KeyError naming the file, the missing columns and the available ones.
     """
-    pf = pq.ParquetFile(path)
+    pf = open_parquet_stream(path, "cells table")
     names = pf.schema_arrow.names
     missing = [c for c in columns if c not in names]
     if missing:
@@ -264,7 +265,7 @@ def gate_parquet(
     """
     cfg = resolve_gating(gating_cfg)
     thresholds = resolve_thresholds(cfg, sample_parquet_columns(in_path, gate_features(cfg), cfg["sample_size"]))
-    pf = pq.ParquetFile(in_path)
+    pf = open_parquet_stream(in_path, "cells table")
     schema = pf.schema_arrow
     if cfg["column"] in schema.names:
         schema = schema.remove(schema.get_field_index(cfg["column"]))
