@@ -5,7 +5,9 @@ Two synthetic cohorts at HDSCA geometry (config/scale.yaml: 1362 x 1004 px frame
 look-alikes at their real-size default rates), each run through the workflow's own rules (simulate, tile,
 preprocess, classical segment, extract: one Snakemake call per arm whose targets are the slides'
 cells.parquet and patches.zarr), then classified with the CTC classifier of a finished run
-(``--models-from``: its models/classifier_ctc.pt, trained on a CTC-enriched cohort such as the demo's):
+(``--models-from``: its models/classifier_ctc.pt, trained on a CTC-enriched cohort such as the demo's).
+Several runs' classifiers can be compared on the same objects in the same run: ``--models-from
+A=<run A>/results B=<run B>/results`` prints every rule once per model, named by the label before ``=``:
 
 - the **real-rate arm** (``ctc_arm`` real): control slides (0 CTCs per million) and disease slides at real
   rates (2 and 10 per million, Poisson per slide). Its first control slide is the **calibration slide**: the
@@ -29,7 +31,8 @@ Usage (the figures in bench/RESULTS.md; ~1 h on 2 cores)::
         --work /work/benchwork/rare --scale 1/16 --real 3 2 2 --spiked-scale 1/64 --spiked 2 2
 
 Work folders are kept (a second call resumes: Snakemake skips finished slides, classification skips
-slides already classified); delete ``--work`` afterwards.
+slides already classified by the same model file: predictions_ctc_<model id>.parquet); delete ``--work``
+afterwards.
 """
 
 from __future__ import annotations
@@ -97,15 +100,23 @@ def build_arm(name: str, work: Path, scale: str, patients: list[int], enrichment
     return results, plan, seconds
 
 
+def predictions_name(model: Path) -> str:
+    """The file a model's scores of one slide go to (named by the model file's id, so a second model or a
+    retrained one never reuses another's scores)."""
+    from hemoprofile.io import model_id
+
+    return f"predictions_ctc_{model_id(model)[:16]}.parquet"
+
+
 def classify_arm(results: Path, plan: pd.DataFrame, model: Path, threads: int) -> float:
     """p_ctc_CTC of every object (classify_slide with the one ctc model and the classify settings of
-    config/scale.yaml, as the rule would run it); skips classified slides."""
+    config/scale.yaml, as the rule would run it); skips slides this model already classified."""
     from hemoprofile.classify.inference import classify_slide
 
     section = merged_config([ROOT / "config" / "scale.yaml"])["classify"]
     seconds = 0.0
     for slide in plan["slide"]:
-        out = results / slide / "predictions_ctc.parquet"
+        out = results / slide / predictions_name(model)
         if out.exists():
             continue
         start = time.perf_counter()
@@ -118,8 +129,9 @@ def classify_arm(results: Path, plan: pd.DataFrame, model: Path, threads: int) -
     return seconds
 
 
-def arm_objects(results: Path, plan: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """Objects of every slide with truth, score and gate; the true CTCs; the true cells counted."""
+def arm_objects(results: Path, plan: pd.DataFrame, models: dict[str, Path]) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Objects of every slide with truth, each model's score (column ``p_<name>``) and the gate; the true
+    CTCs; the true cells counted."""
     from hemoprofile.classify.rare_events import TRUTH_NEEDED, objects_with_truth
     from hemoprofile.io.tables import read_cells
 
@@ -129,32 +141,58 @@ def arm_objects(results: Path, plan: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
         truth = pd.read_parquet(synthetic / "truth_cells.parquet", columns=list(TRUTH_NEEDED))
         n_truth += len(truth)
         cells = read_cells(results / slide / "cells.parquet", ["slide", "cell_id", "y", "x", "gate_label"])
-        scores = pd.read_parquet(results / slide / "predictions_ctc.parquet", columns=["cell_id", "p_ctc_CTC"])
-        if not np.array_equal(scores["cell_id"].to_numpy(), cells["cell_id"].to_numpy()):
-            raise SystemExit(f"{slide}: predictions_ctc.parquet rows do not follow cells.parquet")
-        cells["p_ctc_CTC"] = scores["p_ctc_CTC"].to_numpy()
+        for name, model in models.items():
+            path = results / slide / predictions_name(model)
+            scores = pd.read_parquet(path, columns=["cell_id", "p_ctc_CTC"])
+            if not np.array_equal(scores["cell_id"].to_numpy(), cells["cell_id"].to_numpy()):
+                raise SystemExit(f"{path}: rows do not follow cells.parquet")
+            cells[f"p_{name}"] = scores["p_ctc_CTC"].to_numpy()
         cells["gate"] = (cells.pop("gate_label") == "CTC").to_numpy()
         found = objects_with_truth(cells, synthetic / "truth_labels.zarr", truth)
-        objects.append(found[["slide", "truth_id", "is_ctc", "source", "p_ctc_CTC", "gate"]])
+        objects.append(found[["slide", "truth_id", "is_ctc", "source", *(f"p_{n}" for n in models), "gate"]])
         true_ctcs = truth.loc[truth["cell_type"] == "CTC", ["cell_id", "ctc_subtype", "cluster_id"]]
         ctcs.append(true_ctcs.assign(slide=slide))
     return pd.concat(objects, ignore_index=True), pd.concat(ctcs, ignore_index=True), n_truth
 
 
-def rules(objects: pd.DataFrame, thresholds: dict[str, float]) -> dict[str, np.ndarray]:
-    """Candidate flags per rule, in print order."""
-    p, gate = objects["p_ctc_CTC"].to_numpy(np.float32), objects["gate"].to_numpy(bool)
-    out = {f"CNN, {name} threshold {t:.4g}": p >= t for name, t in thresholds.items()}
+def cnn_label(model: str) -> str:
+    return f"CNN {model}" if model else "CNN"
+
+
+def rules(objects: pd.DataFrame, thresholds: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
+    """Candidate flags per rule, in print order (``thresholds``: model name -> threshold name -> value)."""
+    gate = objects["gate"].to_numpy(bool)
+    out = {}
+    for model, chosen in thresholds.items():
+        p = objects[f"p_{model}"].to_numpy(np.float32)
+        out.update({f"{cnn_label(model)}, {name} threshold {t:.4g}": p >= t for name, t in chosen.items()})
     out["CK+ CD45- DAPI+ gate alone"] = gate
-    out.update({f"CNN ({name} threshold) on gate-positive": (p >= t) & gate for name, t in thresholds.items()})
+    for model, chosen in thresholds.items():
+        p = objects[f"p_{model}"].to_numpy(np.float32)
+        out.update({f"{cnn_label(model)} ({name} threshold) on gate-positive": (p >= t) & gate
+                    for name, t in chosen.items()})
     return out
+
+
+def parse_models(values: list[str]) -> dict[str, Path]:
+    """``--models-from`` values (``PATH`` or ``NAME=PATH``) -> model name -> its models folder."""
+    named = [v.split("=", 1) if "=" in v else ["" if len(values) == 1 else str(i + 1), v] for i, v in enumerate(values)]
+    models = {name: Path(path) / "models" for name, path in named}
+    if len(models) != len(values):
+        raise SystemExit(f"--models-from: two models with the same name in {values}")
+    for folder in models.values():
+        if not (folder / "classifier_ctc.pt").exists():
+            raise SystemExit(f"--models-from: {folder / 'classifier_ctc.pt'} not found (run the workflow first, "
+                             f"e.g. make demo)")
+    return models
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models-from", default="results",
-                        help="a finished run's results folder (models/classifier_ctc.pt, models/ctc_calibration.json)")
+    parser.add_argument("--models-from", nargs="+", default=["results"],
+                        help="a finished run's results folder (models/classifier_ctc.pt, models/ctc_calibration.json); "
+                             "several as NAME=FOLDER to compare their classifiers on the same objects")
     parser.add_argument("--work", default="/work/benchwork/rare", help="work folder (outside the repository)")
     parser.add_argument("--scale", default="1/16", help="real-rate arm's slide scale (1/16: ~190k cells per slide)")
     parser.add_argument("--real", nargs=3, type=int, default=[3, 2, 2], metavar=("CONTROL", "DISEASE_A", "DISEASE_B"),
@@ -175,51 +213,57 @@ def main(argv=None) -> None:
     from hemoprofile.classify.rare_events import false_by_source, recall_by_group, rule_figures
 
     work = Path(args.work)
-    models = Path(args.models_from) / "models"
-    model = models / "classifier_ctc.pt"
-    if not model.exists():
-        raise SystemExit(f"--models-from: {model} not found (run the workflow first, e.g. make demo)")
+    model_dirs = parse_models(args.models_from)
+    models = {name: folder / "classifier_ctc.pt" for name, folder in model_dirs.items()}
     real_results, real_plan, real_s = build_arm("real", work, args.scale, args.real, 1.0, 101, args.cores)
     spiked_results, spiked_plan, spiked_s = build_arm("spiked", work, args.spiked_scale, [0, *args.spiked],
                                                       args.spiked_enrichment, 202, args.cores)
-    classify_s = classify_arm(real_results, real_plan, model, args.cores)
-    classify_s += classify_arm(spiked_results, spiked_plan, model, args.cores)
-    real, real_ctcs, real_truth = arm_objects(real_results, real_plan)
-    spiked, spiked_ctcs, spiked_truth = arm_objects(spiked_results, spiked_plan)
+    classify_s = 0.0
+    for model in models.values():
+        classify_s += classify_arm(real_results, real_plan, model, args.cores)
+        classify_s += classify_arm(spiked_results, spiked_plan, model, args.cores)
+    real, real_ctcs, real_truth = arm_objects(real_results, real_plan, models)
+    spiked, spiked_ctcs, spiked_truth = arm_objects(spiked_results, spiked_plan, models)
 
     calibration_slide = real_plan.loc[real_plan["condition"] == "control", "slide"].iloc[0]
     on_calibration = real["slide"] == calibration_slide
-    chosen = choose_threshold(real.loc[on_calibration, "p_ctc_CTC"].to_numpy(),
-                              real.loc[on_calibration, "is_ctc"].to_numpy(), args.max_false_per_million)
-    thresholds = {"calibration-slide": chosen["threshold"]}
-    training_json = models / "ctc_calibration.json"
-    if training_json.exists():
-        thresholds["training-run"] = float(read_calibration(training_json)["threshold"])
+    thresholds, choices = {}, {}
+    for name, folder in model_dirs.items():
+        chosen = choose_threshold(real.loc[on_calibration, f"p_{name}"].to_numpy(),
+                                  real.loc[on_calibration, "is_ctc"].to_numpy(), args.max_false_per_million)
+        choices[name] = chosen
+        thresholds[name] = {"calibration-slide": chosen["threshold"]}
+        training_json = folder / "ctc_calibration.json"
+        if training_json.exists():
+            thresholds[name]["training-run"] = float(read_calibration(training_json)["threshold"])
     evaluation = real[~on_calibration].reset_index(drop=True)
     evaluation_ctcs = real_ctcs[real_ctcs["slide"] != calibration_slide].reset_index(drop=True)
 
+    chosen_text = ", ".join(f"{cnn_label(name)} {c['threshold']:.4g}" for name, c in choices.items())
     print(f"\nreal-rate arm: {len(real_plan)} slides, {real_truth:,} true cells, {len(real):,} objects; calibration "
-          f"slide {calibration_slide} ({int(on_calibration.sum()):,} objects: threshold {chosen['threshold']:.4g} "
-          f"for <= {args.max_false_per_million:g} false per million, resolution {chosen['resolution_per_million']:.1f} "
-          f"per million); evaluation: {len(evaluation_ctcs)} true CTCs, {len(evaluation):,} objects "
-          f"({int((~evaluation['is_ctc']).sum()):,} not on a CTC)")
+          f"slide {calibration_slide} ({int(on_calibration.sum()):,} objects: threshold {chosen_text} "
+          f"for <= {args.max_false_per_million:g} false per million, resolution "
+          f"{next(iter(choices.values()))['resolution_per_million']:.1f} per million); evaluation: "
+          f"{len(evaluation_ctcs)} true CTCs, {len(evaluation):,} objects ({int((~evaluation['is_ctc']).sum()):,} "
+          f"not on a CTC)")
     print(f"spiked arm: {len(spiked_plan)} slides x {args.spiked_enrichment:g} real rates, {spiked_truth:,} true "
           f"cells, {len(spiked):,} objects, {len(spiked_ctcs)} true CTCs")
     print(f"time: real arm up to extract {real_s / 60:.1f} min, spiked arm {spiked_s / 60:.1f} min, "
           f"classify {classify_s / 60:.1f} min (wall, {args.cores} cores)")
 
-    report = {"command": " ".join(sys.argv), "calibration_slide": calibration_slide, "threshold_choice": chosen,
+    report = {"command": " ".join(sys.argv), "calibration_slide": calibration_slide, "threshold_choice": choices,
+              "models": {name: str(path) for name, path in models.items()},
               "thresholds": thresholds, "real_truth_cells": real_truth, "spiked_truth_cells": spiked_truth,
               "minutes": {"real": real_s / 60, "spiked": spiked_s / 60, "classify": classify_s / 60}, "rules": {}}
     eval_rules, spiked_rules = rules(evaluation, thresholds), rules(spiked, thresholds)
-    print(f"\n{'rule':<48} | {'false / M leukocytes, real arm [95% CI]':>40} | {'recall, spiked arm [95% CI]':>28} | "
+    print(f"\n{'rule':<56} | {'false / M leukocytes, real arm [95% CI]':>40} | {'recall, spiked arm [95% CI]':>28} | "
           f"{'recall, real arm':>16} | {'cand / M, real':>14}")
     for name in eval_rules:
         r, s = rule_figures(evaluation, eval_rules[name], evaluation_ctcs), rule_figures(spiked, spiked_rules[name],
                                                                                          spiked_ctcs)
         report["rules"][name] = {"real": r, "spiked": s}
         per_million = r["candidates"] / len(evaluation) * 1e6
-        print(f"{name:<48} | {r['false_per_million']:8.1f} [{r['false_per_million_ci95'][0]:6.1f}, "
+        print(f"{name:<56} | {r['false_per_million']:8.1f} [{r['false_per_million_ci95'][0]:6.1f}, "
               f"{r['false_per_million_ci95'][1]:6.1f}] ({r['false']:>5} false) | {s['recall']:.3f} "
               f"[{s['recall_ci95'][0]:.3f}, {s['recall_ci95'][1]:.3f}] {s['found']:>4}/{s['ctc']:<4} | "
               f"{r['found']:>3}/{r['ctc']:<3} {r['recall']:.2f}    | {per_million:14.1f}")

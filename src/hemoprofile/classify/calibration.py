@@ -302,10 +302,9 @@ def calibrate_ctc(slides: Sequence[Mapping], metrics_path: str | os.PathLike, ou
         raw = slide_raw_labels(SlideInput(item["slide"], item["cells"], "", truth_labels=item.get("truth_labels")),
                                cells, label_source, label_column=label_column, truth_cells=truth_table,
                                label_table=label_table)
-        mapped = map_labels(raw, "ctc")
-        if label_source == "truth":  # a segmented object on no true cell (debris, a fragment) is a false candidate
-            mapped = np.array([v if v is not None else "not_a_cell" for v in mapped], dtype=object)
-        return mapped
+        # with label_source truth, an object on no true cell (debris, a fragment) is labelled NOT_A_CELL: a
+        # negative, so flagging it is a false candidate
+        return map_labels(raw, "ctc")
 
     parts = {}
     for name, patients in (("validation", validation_patients), ("test", test_patients)):

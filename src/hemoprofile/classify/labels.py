@@ -5,7 +5,8 @@ Label sources (:data:`~hemoprofile.classify.settings.LABEL_SOURCES`):
 
 - ``truth``: synthetic slides; a segmented cell takes the ground-truth cell under its centroid in
   ``truth_labels.zarr`` (:func:`hemoprofile.io.truth.match_truth`), and that cell's ``cell_type`` in
-  ``truth_cells.parquet``;
+  ``truth_cells.parquet``; an object on no true cell is labelled
+  :data:`~hemoprofile.vocabulary.NOT_A_CELL` (a negative for the ``ctc`` task, outside every other task);
 - ``column``: a label column of cells.parquet (e.g. written by marker gating);
 - ``table``: a CSV/parquet table with slide, cell_id and a label column;
 - ``collection``: the ``label`` column of a collection ingested by :mod:`hemoprofile.ingest.collection`.
@@ -26,6 +27,7 @@ from hemoprofile.classify.settings import LABEL_SOURCES
 from hemoprofile.io.patches import check_slide_patches, open_patch_array, read_patch_rows
 from hemoprofile.io.tables import read_cells, read_label_table
 from hemoprofile.io.truth import truth_cell_types
+from hemoprofile.vocabulary import NOT_A_CELL
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,9 @@ def slide_raw_labels(item: SlideInput, cells: pd.DataFrame, label_source: str, *
     if label_source == "truth":
         if item.truth_labels is None or truth_cells is None:
             raise ValueError(f"slide {item.slide}: label_source 'truth' needs truth_labels.zarr and truth_cells.parquet")
-        return truth_cell_types(cells, item.truth_labels, truth_cells, item.slide)
+        types = truth_cell_types(cells, item.truth_labels, truth_cells, item.slide)
+        types[types == None] = NOT_A_CELL  # noqa: E711  (object array: elementwise None test)
+        return types
     if label_source in ("column", "collection"):
         column = "label" if label_source == "collection" else label_column
         if column not in cells.columns:

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from hemoprofile.io import create_ome_zarr_labels
+from hemoprofile.classify.labels import SlideInput, slide_raw_labels
 from hemoprofile.io.truth import match_truth, truth_cell_types
-from hemoprofile.vocabulary import map_labels, task_classes
+from hemoprofile.vocabulary import NOT_A_CELL, map_labels, task_classes
 
 
 def test_task_classes_and_mapping():
@@ -42,12 +43,30 @@ def test_match_truth_reads_the_label_under_each_centroid(tmp_path):
     assert np.array_equal(match_truth(ys, xs, tmp_path / "truth_labels.zarr"), direct)
 
 
-def test_truth_cell_types(tmp_path):
+def _two_cell_truth(tmp_path):
+    """A 20 x 20 truth label image with cells 1 (top left) and 2 (centre) at ``tmp_path / "t.zarr"``."""
     lab = create_ome_zarr_labels(tmp_path / "t.zarr", (20, 20), tile_size=8)
     full = np.zeros((20, 20), np.uint32)
     full[0:5, 0:5] = 1
     full[10:15, 10:15] = 2
     lab[:] = full
+    return tmp_path / "t.zarr"
+
+
+def test_truth_cell_types(tmp_path):
+    _two_cell_truth(tmp_path)
     truth = pd.DataFrame({"slide": ["S", "S", "T"], "cell_id": [1, 2, 1], "cell_type": ["NK", "CTC", "B"]})
     cells = pd.DataFrame({"y": [2.0, 12.0, 18.0], "x": [2.0, 12.0, 2.0]})
     assert list(truth_cell_types(cells, tmp_path / "t.zarr", truth, "S")) == ["NK", "CTC", None]
+
+
+def test_objects_on_no_true_cell_are_ctc_negatives_and_outside_other_tasks(tmp_path):
+    truth_labels = _two_cell_truth(tmp_path)
+    truth = pd.DataFrame({"slide": ["S", "S"], "cell_id": [1, 2], "cell_type": ["NK", "CTC"]})
+    cells = pd.DataFrame({"y": [2.0, 12.0, 18.0], "x": [2.0, 12.0, 2.0]})  # the third lies on background
+    raw = slide_raw_labels(SlideInput("S", "cells.parquet", "patches.zarr", truth_labels=str(truth_labels)),
+                           cells, "truth", truth_cells=truth)
+    assert list(raw) == ["NK", "CTC", NOT_A_CELL]
+    assert list(map_labels(raw, "ctc")) == ["leukocyte", "CTC", "leukocyte"]
+    for task in ("lineage", "immune5", "immune6"):
+        assert map_labels(raw, task)[2] is None
