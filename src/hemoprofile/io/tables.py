@@ -53,9 +53,9 @@ def open_parquet_stream(path: str | os.PathLike, what: str = "parquet table", **
     batch whatever the file's size; errors name the file.
 
     pyarrow's ``pre_buffer`` (on by default) makes ``iter_batches`` keep the buffers of every row group
-    read so far: streaming all columns of a 3 M-row cells table held 708 MB of arrow memory at the end
-    (786 MiB RSS) against 134 MiB with ``pre_buffer=False`` (issue 16; the extract stage's second pass
-    was the job's peak at full slide size). Every streamed read goes through here so it stays off.
+    read so far: streaming all 45 columns of a 3 M-row cells table grew the process by 772 MiB, against
+    87 MiB with ``pre_buffer=False`` (bench/parquet_stream_memory.py; it was the extract stage's peak at
+    full slide size, issue 16). Every streamed read goes through here so it stays off.
 
     ``options`` go to :class:`pyarrow.parquet.ParquetFile` (e.g. ``read_dictionary``).
     """
@@ -73,9 +73,9 @@ class CellKeys:
     as a code into ``slide_names`` (``slide_codes``, int32; all 0 for a table without a ``slide``
     column, whose one name is then ``default_slide``).
 
-    What the per-row stages (classify, embed) need of a slide's table: 12 bytes per row, where the same
-    two columns as a DataFrame of Python strings cost ~50 and reading them whole kept ~140 MB more at
-    3 M rows (bench/RESULTS.md, issue 16).
+    What the per-row stages (classify, embed) need of a slide's table: 12 bytes per row. Reading the same
+    two columns as a DataFrame (the slide a Python string per row) grew the process by 173 MiB at 3 M rows,
+    this by 62 MiB (bench/parquet_stream_memory.py).
     """
 
     cell_ids: np.ndarray
