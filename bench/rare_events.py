@@ -162,14 +162,13 @@ def cnn_label(model: str) -> str:
 def rules(objects: pd.DataFrame, thresholds: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
     """Candidate flags per rule, in print order (``thresholds``: model name -> threshold name -> value)."""
     gate = objects["gate"].to_numpy(bool)
+    scores = {model: objects[f"p_{model}"].to_numpy(np.float32) for model in thresholds}
     out = {}
     for model, chosen in thresholds.items():
-        p = objects[f"p_{model}"].to_numpy(np.float32)
-        out.update({f"{cnn_label(model)}, {name} threshold {t:.4g}": p >= t for name, t in chosen.items()})
+        out.update({f"{cnn_label(model)}, {name} threshold {t:.4g}": scores[model] >= t for name, t in chosen.items()})
     out["CK+ CD45- DAPI+ gate alone"] = gate
     for model, chosen in thresholds.items():
-        p = objects[f"p_{model}"].to_numpy(np.float32)
-        out.update({f"{cnn_label(model)} ({name} threshold) on gate-positive": (p >= t) & gate
+        out.update({f"{cnn_label(model)} ({name} threshold) on gate-positive": (scores[model] >= t) & gate
                     for name, t in chosen.items()})
     return out
 

@@ -93,10 +93,6 @@ def parquet_metadata(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: the 'hemoprofile' schema metadata is not JSON ({err})") from err
 
 
-def _open(path, what: str) -> pq.ParquetFile:
-    return open_parquet_stream(path, what)
-
-
 def _numeric(schema: pa.Schema, name: str) -> bool:
     kind = schema.field(name).type
     return pa.types.is_integer(kind) or pa.types.is_floating(kind)
@@ -115,7 +111,7 @@ def plan_slide(inputs: SlideInputs) -> SlidePlan:
     ``cell_id``, a predictions or embedding table whose row count differs from cells.parquet's, no
     feature column.
     """
-    cells = _open(inputs.cells, "cells table")
+    cells = open_parquet_stream(inputs.cells, "cells table")
     schema = cells.schema_arrow
     _require(schema.names, ["slide", "cell_id"], inputs.cells)
     meta = {"cells": parquet_metadata(inputs.cells)}
@@ -129,7 +125,7 @@ def plan_slide(inputs: SlideInputs) -> SlidePlan:
     n = cells.metadata.num_rows
     probabilities, predicted, latent, has_map, has_cluster = [], [], [], False, False
     if inputs.predictions is not None:
-        pred = _open(inputs.predictions, "predictions table")
+        pred = open_parquet_stream(inputs.predictions, "predictions table")
         names = pred.schema_arrow.names
         _require(names, ["cell_id"], inputs.predictions)
         _same_rows(pred, n, inputs.predictions, inputs.cells)
@@ -137,7 +133,7 @@ def plan_slide(inputs: SlideInputs) -> SlidePlan:
         predicted = [c for c in names if c.startswith("pred_")]
         meta["predictions"] = parquet_metadata(inputs.predictions)
     if inputs.embedding is not None:
-        emb = _open(inputs.embedding, "embedding table")
+        emb = open_parquet_stream(inputs.embedding, "embedding table")
         names = emb.schema_arrow.names
         _require(names, ["cell_id"], inputs.embedding)
         _same_rows(emb, n, inputs.embedding, inputs.cells)
